@@ -1,0 +1,28 @@
+// husk-agent is PID 1 of every husk guest. See package agent.
+package main
+
+import (
+	"log"
+	"os"
+
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+
+	"github.com/husk-runtime/husk/internal/agent"
+)
+
+func init() {
+	// libcontainer re-executes this binary as "init" inside every new
+	// container to set it up; nsenter's C constructor has run by now.
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+	}
+}
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("husk-agent: ")
+	err := agent.Run()
+	log.Printf("fatal: %v", err)
+	agent.PowerOff()
+}

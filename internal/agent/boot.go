@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/husk-runtime/husk/internal/channel"
+)
+
+const (
+	// stateDir holds libcontainer's per-container state inside the guest.
+	stateDir = "/run/husk/containers"
+	// rootEnv marks the second start of /init, after it moved the root.
+	rootEnv = "HUSK_AGENT_ROOT"
+)
+
+// Params are the agent's settings from the kernel command line (husk.*).
+type Params struct {
+	MSize int  // 9p msize
+	Debug bool // log to the console
+}
+
+// ParseCmdline reads husk.* parameters from a kernel command line.
+func ParseCmdline(cmdline string) (Params, error) {
+	p := Params{MSize: 512 << 10}
+	for _, field := range strings.Fields(cmdline) {
+		key, value, _ := strings.Cut(field, "=")
+		switch key {
+		case "husk.msize":
+			n, err := strconv.Atoi(value)
+			if err != nil || n < 4096 {
+				return p, fmt.Errorf("husk.msize=%q: want a number of bytes >= 4096", value)
+			}
+			p.MSize = n
+		case "husk.debug":
+			p.Debug = value == "1" || value == "true"
+		}
+	}
+	return p, nil
+}
+
+// MoveRootIfInitramfs makes the root a real mount. pivot_root(2) fails with
+// EINVAL while the root is the initramfs, and libcontainer pivots into every
+// container's root, so on first start /init bind-mounts / onto itself (a mount
+// that has a parent), moves it over / and re-executes. The bind costs no copy
+// of the image. It returns only on the second start or on error.
+func MoveRootIfInitramfs() error {
+	if os.Getpid() != 1 || os.Getenv(rootEnv) != "" {
+		return nil
+	}
+	const newRoot = "/newroot"
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", newRoot, err)
+	}
+	if err := unix.Mount("/", newRoot, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mounting / for the new root: %w", err)
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return fmt.Errorf("entering the new root: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("moving the new root over /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot into the new root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	env := append(os.Environ(), rootEnv+"=1")
+	if err := unix.Exec("/init", os.Args, env); err != nil {
+		return fmt.Errorf("re-executing /init: %w", err)
+	}
+	return nil
+}
+
+type mountPoint struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+// MountProc mounts /proc, which the agent needs to read its parameters.
+func MountProc() error {
+	if err := os.MkdirAll("/proc", 0o555); err != nil {
+		return err
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mounting proc: %w", err)
+	}
+	return nil
+}
+
+// MountSystem mounts the rest of what the kernel does not: pseudo
+// filesystems, cgroup v2 and the sandbox's shared directory.
+func MountSystem(p Params) error {
+	const nosuid = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	mounts := []mountPoint{
+		{"sysfs", "/sys", "sysfs", nosuid, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"},
+		{"tmpfs", "/dev/shm", "tmpfs", nosuid, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, ""},
+		{channel.SharedTag, channel.GuestSharedDir, "9p", unix.MS_NODEV, fmt.Sprintf("trans=virtio,version=9p2000.L,msize=%d,cache=mmap,access=client", p.MSize)},
+	}
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return fmt.Errorf("creating %s: %w", m.target, err)
+		}
+		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil {
+			return fmt.Errorf("mounting %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return err
+	}
+	// Hand every controller to child cgroups, where libcontainer puts containers.
+	controllers, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+	if err != nil {
+		return fmt.Errorf("reading cgroup controllers: %w", err)
+	}
+	var enable []string
+	for _, c := range strings.Fields(string(controllers)) {
+		enable = append(enable, "+"+c)
+	}
+	if len(enable) > 0 {
+		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(strings.Join(enable, " ")), 0); err != nil {
+			return fmt.Errorf("enabling cgroup controllers: %w", err)
+		}
+	}
+	if err := os.Symlink("/proc/self/fd", "/dev/fd"); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return setLoopbackUp()
+}
+
+func setLoopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket for lo: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("reading lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bringing lo up: %w", err)
+	}
+	return nil
+}
+
+// OpenPort finds the virtio-serial port named channel.PortName and opens it.
+// The port's device node appears shortly after the driver binds, so it waits.
+func OpenPort(timeout time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		names, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+		for _, nameFile := range names {
+			name, err := os.ReadFile(nameFile)
+			if err != nil || strings.TrimSpace(string(name)) != channel.PortName {
+				continue
+			}
+			dev := "/dev/" + filepath.Base(filepath.Dir(nameFile))
+			f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+			if err == nil {
+				return f, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no virtio-serial port named %s after %s", channel.PortName, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// PowerOff ends the VM. With reboot=t on the kernel command line a restart
+// is a triple fault, and QEMU started with -no-reboot exits on it: microvm
+// has no ACPI to power off through.
+func PowerOff() {
+	unix.Sync()
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
+// MonotonicNow is the guest's CLOCK_MONOTONIC in nanoseconds: time since boot.
+func MonotonicNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}

@@ -1,0 +1,179 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	// Device rules in the container's cgroup need the cgroup devices manager.
+	_ "github.com/opencontainers/cgroups/devices"
+)
+
+// process is one process the agent started: a container's init or an exec.
+type process struct {
+	pid     int
+	console *os.File // terminal master, nil without a terminal
+	stdin   net.Conn // closed once the process exits, ending its copy
+
+	// done is closed once the process exited and its output reached the host.
+	done   chan struct{}
+	status int
+}
+
+type container struct {
+	id   string
+	lc   *libcontainer.Container
+	init *process
+}
+
+// stdio is what the host opened for a process.
+type stdio struct {
+	stdin, stdout, stderr, terminal bool
+	rows, cols                      uint16
+}
+
+// libcontainerProcess converts the OCI process to libcontainer's form.
+func libcontainerProcess(p *specs.Process) (*libcontainer.Process, error) {
+	if p == nil || len(p.Args) == 0 {
+		return nil, errors.New("process.args must not be empty")
+	}
+	lp := &libcontainer.Process{
+		Args:            p.Args,
+		Env:             p.Env,
+		UID:             int(p.User.UID),
+		GID:             int(p.User.GID),
+		Cwd:             p.Cwd,
+		NoNewPrivileges: &p.NoNewPrivileges,
+		Label:           p.SelinuxLabel,
+		AppArmorProfile: p.ApparmorProfile,
+		Scheduler:       p.Scheduler,
+		IOPriority:      p.IOPriority,
+	}
+	for _, g := range p.User.AdditionalGids {
+		lp.AdditionalGroups = append(lp.AdditionalGroups, int(g))
+	}
+	if c := p.Capabilities; c != nil {
+		lp.Capabilities = &configs.Capabilities{
+			Bounding: c.Bounding, Effective: c.Effective, Inheritable: c.Inheritable,
+			Permitted: c.Permitted, Ambient: c.Ambient,
+		}
+	}
+	for _, rl := range p.Rlimits {
+		resource, ok := rlimitResources[rl.Type]
+		if !ok {
+			return nil, fmt.Errorf("process.rlimits: unknown type %q", rl.Type)
+		}
+		lp.Rlimits = append(lp.Rlimits, configs.Rlimit{Type: resource, Hard: rl.Hard, Soft: rl.Soft})
+	}
+	return lp, nil
+}
+
+var rlimitResources = map[string]int{
+	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_CPU": unix.RLIMIT_CPU,
+	"RLIMIT_DATA": unix.RLIMIT_DATA, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS,
+	"RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK, "RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE,
+	"RLIMIT_NICE": unix.RLIMIT_NICE, "RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_NPROC": unix.RLIMIT_NPROC,
+	"RLIMIT_RSS": unix.RLIMIT_RSS, "RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO, "RLIMIT_RTTIME": unix.RLIMIT_RTTIME,
+	"RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING, "RLIMIT_STACK": unix.RLIMIT_STACK,
+}
+
+// newContainerConfig turns the spec the host sent into libcontainer's config.
+func newContainerConfig(id string, spec *specs.Spec) (*configs.Config, error) {
+	if spec.Root == nil || spec.Root.Path == "" {
+		return nil, errors.New("root.path must be set")
+	}
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: id, Spec: spec})
+	if err != nil {
+		return nil, fmt.Errorf("converting the spec: %w", err)
+	}
+	return cfg, nil
+}
+
+// pipes connects a process's stdio to the host's streams. Each side the
+// process gets is an *os.File, so libcontainer passes it on directly and
+// runs no copying goroutines of its own.
+type pipes struct {
+	childFiles []*os.File // closed in the agent once the process has them
+	copies     sync.WaitGroup
+}
+
+func (p *pipes) closeChildEnds() {
+	for _, f := range p.childFiles {
+		f.Close()
+	}
+	p.childFiles = nil
+}
+
+// output copies a process's output pipe to its stream until EOF, then closes
+// the stream so the host sees the end.
+func (p *pipes) output(stream net.Conn) (*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	p.childFiles = append(p.childFiles, w)
+	p.copies.Add(1)
+	go func() {
+		defer p.copies.Done()
+		_, _ = io.Copy(stream, r)
+		r.Close()
+		stream.Close()
+	}()
+	return w, nil
+}
+
+// input copies the host's stream into a process's stdin until the host
+// closes it.
+func (p *pipes) input(stream net.Conn) (*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	p.childFiles = append(p.childFiles, r)
+	go func() {
+		_, _ = io.Copy(w, stream)
+		w.Close()
+	}()
+	return r, nil
+}
+
+// terminal copies between a terminal master and its stream. Output ends with
+// EIO once every holder of the terminal's other side has exited.
+func (p *pipes) terminal(master *os.File, stream net.Conn) {
+	p.copies.Add(1)
+	go func() {
+		defer p.copies.Done()
+		_, _ = io.Copy(stream, master)
+		stream.Close()
+	}()
+	go func() { _, _ = io.Copy(master, stream) }()
+}
+
+// receiveConsole reads the terminal master that the container's init sends
+// over the console socket.
+func receiveConsole(sock *os.File) (*os.File, error) {
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), buf, oob, 0)
+	if err != nil {
+		return nil, fmt.Errorf("receiving the terminal: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return nil, fmt.Errorf("receiving the terminal: no file in the message")
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return nil, fmt.Errorf("receiving the terminal: no file in the message")
+	}
+	return os.NewFile(uintptr(fds[0]), "console"), nil
+}

@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/yamux"
+
+	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/channel"
+)
+
+// portWait bounds the wait for the agent port's device node.
+const portWait = 10 * time.Second
+
+// Run is the agent's main: prepare the guest, then serve the host until the
+// channel closes or the host asks for shutdown. It returns only on error;
+// the caller powers the VM off.
+func Run() error {
+	started := MonotonicNow()
+	if err := MoveRootIfInitramfs(); err != nil {
+		return err
+	}
+	if err := MountProc(); err != nil {
+		return err
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return fmt.Errorf("reading kernel command line: %w", err)
+	}
+	params, err := ParseCmdline(string(cmdline))
+	if err != nil {
+		return err
+	}
+	if err := MountSystem(params); err != nil {
+		return err
+	}
+	port, err := OpenPort(portWait)
+	if err != nil {
+		return err
+	}
+	session, err := channel.Guest(port)
+	if err != nil {
+		return err
+	}
+	svc := NewService(started, PowerOff)
+	server, err := ttrpc.NewServer()
+	if err != nil {
+		return fmt.Errorf("creating ttrpc server: %w", err)
+	}
+	agentapi.RegisterAgentService(server, svc)
+
+	control, err := session.Open()
+	if err != nil {
+		return fmt.Errorf("opening the control stream: %w", err)
+	}
+	svc.readyNs = MonotonicNow()
+	if params.Debug {
+		log.Printf("ready %.3fs after boot (agent started at %.3fs)", float64(svc.readyNs)/1e9, float64(started)/1e9)
+	}
+	go acceptStreams(session, svc.streams)
+	err = server.Serve(context.Background(), newOneConnListener(control))
+	if errors.Is(err, ttrpc.ErrServerClosed) || session.IsClosed() {
+		return errors.New("the host closed the agent channel")
+	}
+	return fmt.Errorf("serving the agent API: %w", err)
+}
+
+// acceptStreams files every stdio stream the host opens under its header.
+func acceptStreams(session *yamux.Session, table *streamTable) {
+	for {
+		stream, err := session.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			_ = stream.SetReadDeadline(time.Now().Add(streamWait))
+			h, err := channel.ReadHeader(stream)
+			_ = stream.SetReadDeadline(time.Time{})
+			if err != nil {
+				log.Printf("dropping stream: %v", err)
+				stream.Close()
+				return
+			}
+			table.put(streamKey{h.GetContainerId(), h.GetExecId(), h.GetKind()}, stream)
+		}()
+	}
+}
+
+// oneConnListener hands the ttrpc server the single control stream, then
+// blocks until that stream ends.
+type oneConnListener struct {
+	conn   chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+	addr   net.Addr
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	l := &oneConnListener{conn: make(chan net.Conn, 1), closed: make(chan struct{}), addr: c.LocalAddr()}
+	l.conn <- &notifyCloseConn{Conn: c, onClose: l.Close}
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conn:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.addr }
+
+type notifyCloseConn struct {
+	net.Conn
+	onClose func() error
+}
+
+func (c *notifyCloseConn) Close() error {
+	err := c.Conn.Close()
+	_ = c.onClose()
+	return err
+}

@@ -1,0 +1,338 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/utils"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/version"
+)
+
+// streamWait bounds how long a request waits for the stdio streams the host
+// said it opened before the request.
+const streamWait = 30 * time.Second
+
+// Service implements the agent API.
+type Service struct {
+	reaper   *reaper
+	streams  *streamTable
+	powerOff func()
+
+	startedNs, readyNs int64
+	kernelRelease      string
+
+	mu         sync.Mutex
+	containers map[string]*container
+}
+
+// NewService returns the agent API. powerOff is called after Shutdown replied.
+func NewService(startedNs int64, powerOff func()) *Service {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	return &Service{
+		reaper:        newReaper(),
+		streams:       newStreamTable(),
+		powerOff:      powerOff,
+		startedNs:     startedNs,
+		kernelRelease: unix.ByteSliceToString(uts.Release[:]),
+		containers:    map[string]*container{},
+	}
+}
+
+var _ agentapi.AgentService = (*Service)(nil)
+
+func (s *Service) Ping(context.Context, *agentapi.PingRequest) (*agentapi.PingResponse, error) {
+	return &agentapi.PingResponse{
+		Version: version.Version, StartedNs: s.startedNs, ReadyNs: s.readyNs, KernelRelease: s.kernelRelease,
+	}, nil
+}
+
+func (s *Service) lookup(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "container %s does not exist", id)
+	}
+	return c, nil
+}
+
+func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (_ *agentapi.CreateContainerResponse, retErr error) {
+	id := req.GetContainerId()
+	var spec specs.Spec
+	if err := json.Unmarshal(req.GetSpecJson(), &spec); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "decoding the spec of %s: %v", id, err)
+	}
+	s.mu.Lock()
+	if _, exists := s.containers[id]; exists {
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.AlreadyExists, "container %s already exists", id)
+	}
+	// Reserve the id while the container is being made.
+	s.containers[id] = nil
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, id)
+			s.mu.Unlock()
+		}
+	}()
+
+	cfg, err := newContainerConfig(id, &spec)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	proc, err := libcontainerProcess(spec.Process)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	proc.Init = true
+	proc.LogLevel = "4" // libcontainer's init reports warnings and errors back
+
+	lc, err := libcontainer.Create(stateDir, id, cfg)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "creating container %s: %v", id, err)
+	}
+	io := stdio{
+		stdin: req.GetStdin(), stdout: req.GetStdout(), stderr: req.GetStderr(), terminal: req.GetTerminal(),
+		rows: uint16(req.GetRows()), cols: uint16(req.GetCols()),
+	}
+	p, err := s.startProcess(lc, id, "", proc, io)
+	if err != nil {
+		_ = lc.Destroy()
+		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
+	s.mu.Lock()
+	s.containers[id] = &container{id: id, lc: lc, init: p}
+	s.mu.Unlock()
+	return &agentapi.CreateContainerResponse{Pid: int32(p.pid)}, nil
+}
+
+// startProcess starts a container's init process with its stdio joined to the
+// host's streams, and watches for its exit.
+func (s *Service) startProcess(lc *libcontainer.Container, id, execID string, proc *libcontainer.Process, io stdio) (*process, error) {
+	key := func(kind agentapi.StreamHeader_Kind) streamKey { return streamKey{id, execID, kind} }
+	var pp pipes
+	defer pp.closeChildEnds()
+	p := &process{done: make(chan struct{})}
+
+	var consoleParent *os.File
+	if io.terminal {
+		parent, child, err := utils.NewSockPair("console")
+		if err != nil {
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		consoleParent = parent
+		defer parent.Close()
+		pp.childFiles = append(pp.childFiles, child)
+		proc.ConsoleSocket = child
+		proc.ConsoleWidth, proc.ConsoleHeight = io.cols, io.rows
+	} else {
+		devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		pp.childFiles = append(pp.childFiles, devNull)
+		proc.Stdin, proc.Stdout, proc.Stderr = devNull, devNull, devNull
+		if io.stdin {
+			stream, err := s.streams.take(key(agentapi.StreamHeader_STDIN), streamWait)
+			if err != nil {
+				return nil, err
+			}
+			p.stdin = stream
+			if proc.Stdin, err = pp.input(stream); err != nil {
+				return nil, err
+			}
+		}
+		if io.stdout {
+			stream, err := s.streams.take(key(agentapi.StreamHeader_STDOUT), streamWait)
+			if err != nil {
+				return nil, err
+			}
+			if proc.Stdout, err = pp.output(stream); err != nil {
+				return nil, err
+			}
+		}
+		if io.stderr {
+			stream, err := s.streams.take(key(agentapi.StreamHeader_STDERR), streamWait)
+			if err != nil {
+				return nil, err
+			}
+			if proc.Stderr, err = pp.output(stream); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	pid, exited, err := s.reaper.spawn(func() (int, error) {
+		if err := lc.Start(proc); err != nil {
+			return 0, err
+		}
+		return proc.Pid()
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.pid = pid
+	if consoleParent != nil {
+		master, err := receiveConsole(consoleParent)
+		if err != nil {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			return nil, err
+		}
+		stream, err := s.streams.take(key(agentapi.StreamHeader_TERMINAL), streamWait)
+		if err != nil {
+			master.Close()
+			_ = unix.Kill(pid, unix.SIGKILL)
+			return nil, err
+		}
+		p.console, p.stdin = master, stream
+		pp.terminal(master, stream)
+	}
+	go func() {
+		p.status = <-exited
+		if p.stdin != nil {
+			p.stdin.Close()
+		}
+		pp.copies.Wait()
+		if p.console != nil {
+			p.console.Close()
+		}
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (s *Service) StartContainer(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.Empty, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.lc.Exec(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "starting container %s: %v", c.id, err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) process(containerID, execID string) (*container, *process, error) {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID != "" {
+		return nil, nil, status.Errorf(codes.NotFound, "process %s of container %s does not exist", execID, containerID)
+	}
+	return c, c.init, nil
+}
+
+func (s *Service) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {
+	_, p, err := s.process(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.done:
+		return &agentapi.WaitProcessResponse{ExitStatus: int32(p.status)}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (s *Service) SignalProcess(ctx context.Context, req *agentapi.SignalProcessRequest) (*agentapi.Empty, error) {
+	c, p, err := s.process(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	sig := unix.Signal(req.GetSignal())
+	if sig <= 0 || sig > 64 {
+		return nil, status.Errorf(codes.InvalidArgument, "signal %d is not valid", sig)
+	}
+	select {
+	case <-p.done:
+		return nil, status.Errorf(codes.FailedPrecondition, "container not running")
+	default:
+	}
+	if req.GetAll() {
+		pids, err := c.lc.Processes()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "listing processes of %s: %v", c.id, err)
+		}
+		for _, pid := range pids {
+			_ = unix.Kill(pid, sig)
+		}
+		return &agentapi.Empty{}, nil
+	}
+	if err := unix.Kill(p.pid, sig); err != nil {
+		return nil, status.Errorf(codes.Internal, "signalling %s: %v", c.id, err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) ResizeTerminal(ctx context.Context, req *agentapi.ResizeTerminalRequest) (*agentapi.Empty, error) {
+	_, p, err := s.process(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	if p.console == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "process has no terminal")
+	}
+	ws := &unix.Winsize{Row: uint16(req.GetRows()), Col: uint16(req.GetCols())}
+	if err := unix.IoctlSetWinsize(int(p.console.Fd()), unix.TIOCSWINSZ, ws); err != nil {
+		return nil, status.Errorf(codes.Internal, "resizing terminal: %v", err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) RemoveContainer(ctx context.Context, req *agentapi.RemoveContainerRequest) (*agentapi.Empty, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.init.done:
+	default:
+		if !req.GetForce() {
+			return nil, status.Errorf(codes.FailedPrecondition, "cannot delete container %s that is not stopped", c.id)
+		}
+		_ = c.lc.Signal(unix.SIGKILL)
+		select {
+		case <-c.init.done:
+		case <-time.After(10 * time.Second):
+			return nil, status.Errorf(codes.DeadlineExceeded, "container %s did not die after SIGKILL", c.id)
+		}
+	}
+	if err := c.lc.Destroy(); err != nil && !errors.Is(err, libcontainer.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "destroying container %s: %v", c.id, err)
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empty, error) {
+	s.mu.Lock()
+	for _, c := range s.containers {
+		if c != nil {
+			_ = c.lc.Signal(unix.SIGKILL)
+		}
+	}
+	s.mu.Unlock()
+	// Power off after the reply has had time to leave; the host waits for
+	// QEMU to exit either way.
+	time.AfterFunc(20*time.Millisecond, s.powerOff)
+	return &agentapi.Empty{}, nil
+}

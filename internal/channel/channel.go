@@ -1,0 +1,123 @@
+// Package channel is the wire between the host and husk-agent: one byte stream
+// (a virtio-serial port, or vsock where the host has it) multiplexed with yamux.
+//
+// The agent opens the first stream as soon as it is ready; the host serves
+// nothing on it but uses it as its ttrpc client connection, so "a stream
+// arrived" is the agent-ready signal. Every further stream is opened by the
+// host for one stdio stream of one process and starts with a StreamHeader.
+package channel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"google.golang.org/protobuf/proto"
+
+	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+)
+
+// PortName is the name of the virtio-serial port the agent listens on.
+const PortName = "agent.channel.0"
+
+// SharedTag is the 9p mount tag of the sandbox's shared directory, and
+// GuestSharedDir where the agent mounts it: a container's files appear in the
+// guest at GuestSharedDir/<container>/...
+const (
+	SharedTag      = "husk-shared"
+	GuestSharedDir = "/run/husk/shared"
+)
+
+// maxHeaderSize bounds a StreamHeader so that a corrupt length cannot make
+// either side allocate without limit.
+const maxHeaderSize = 4096
+
+func sessionConfig() *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	// Keepalives are off: a guest under TCG on a loaded host can stall for
+	// seconds, and yamux would then tear down a healthy session. The host
+	// learns that the guest died from QEMU exiting instead.
+	cfg.EnableKeepAlive = false
+	cfg.ConnectionWriteTimeout = 60 * time.Second
+	cfg.StreamOpenTimeout = 60 * time.Second
+	cfg.LogOutput = io.Discard
+	// Larger windows keep stdio throughput up over the serial port's latency.
+	cfg.MaxStreamWindowSize = 4 << 20
+	return cfg
+}
+
+// Guest wraps the agent's end of the port. The agent is the yamux client so
+// that it speaks first: nothing the host writes can be lost to a port that
+// the guest has not opened yet.
+func Guest(conn io.ReadWriteCloser) (*yamux.Session, error) {
+	s, err := yamux.Client(conn, sessionConfig())
+	if err != nil {
+		return nil, fmt.Errorf("starting yamux session: %w", err)
+	}
+	return s, nil
+}
+
+// Host wraps the host's end of the port.
+func Host(conn io.ReadWriteCloser) (*yamux.Session, error) {
+	s, err := yamux.Server(conn, sessionConfig())
+	if err != nil {
+		return nil, fmt.Errorf("starting yamux session: %w", err)
+	}
+	return s, nil
+}
+
+// WriteHeader writes the header that opens a stdio stream.
+func WriteHeader(w io.Writer, h *agentapi.StreamHeader) error {
+	body, err := proto.Marshal(h)
+	if err != nil {
+		return fmt.Errorf("encoding stream header: %w", err)
+	}
+	buf := binary.AppendUvarint(nil, uint64(len(body)))
+	if _, err := w.Write(append(buf, body...)); err != nil {
+		return fmt.Errorf("writing stream header: %w", err)
+	}
+	return nil
+}
+
+// ErrBadHeader is returned for a stream that does not start with a valid header.
+var ErrBadHeader = errors.New("bad stream header")
+
+// ReadHeader reads the header of a stdio stream. It reads byte by byte up to
+// the header's end so that nothing of the stream's payload is consumed.
+func ReadHeader(r io.Reader) (*agentapi.StreamHeader, error) {
+	br := &byteReader{r: r}
+	size, err := binary.ReadUvarint(br)
+	if err != nil {
+		return nil, fmt.Errorf("%w: length: %v", ErrBadHeader, err)
+	}
+	if size > maxHeaderSize {
+		return nil, fmt.Errorf("%w: %d bytes is too long", ErrBadHeader, size)
+	}
+	body := make([]byte, size)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadHeader, err)
+	}
+	h := &agentapi.StreamHeader{}
+	if err := proto.Unmarshal(body, h); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadHeader, err)
+	}
+	if h.GetContainerId() == "" || h.GetKind() == agentapi.StreamHeader_UNKNOWN {
+		return nil, fmt.Errorf("%w: container id and kind are required", ErrBadHeader)
+	}
+	return h, nil
+}
+
+type byteReader struct{ r io.Reader }
+
+var _ io.ByteReader = (*byteReader)(nil)
+
+func (b *byteReader) ReadByte() (byte, error) {
+	var one [1]byte
+	if _, err := io.ReadFull(b.r, one[:]); err != nil {
+		return 0, err
+	}
+	return one[0], nil
+}

@@ -1,0 +1,175 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/sandbox"
+	"github.com/husk-runtime/husk/internal/state"
+)
+
+// daemonCommand is the hidden entry point of the per-sandbox daemon. Its
+// command line carries the sandbox id so that ps shows whose daemon it is.
+const daemonCommand = "sandbox-daemon"
+
+// readyFD is the descriptor on which the daemon reports "ok" or its error.
+const readyFD = 3
+
+func newDaemonCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    daemonCommand + " ID",
+		Short:  "run a sandbox's daemon (started by husk itself)",
+		Hidden: true,
+		Args:   oneID,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ready := os.NewFile(readyFD, "ready")
+			if ready == nil {
+				return errors.New("no ready descriptor")
+			}
+			// Inherited without close-on-exec: QEMU must not hold it, or the
+			// parent would wait for an end of file that never comes.
+			syscall.CloseOnExec(readyFD)
+			cfg, err := g.config()
+			if err != nil {
+				fmt.Fprintln(ready, err)
+				return err
+			}
+			return sandbox.RunDaemon(g.store(), args[0], cfg, ready)
+		},
+	}
+}
+
+// daemonHandle is a started daemon, as its parent sees it.
+type daemonHandle struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// startDaemon starts the sandbox's daemon in a mount namespace of its own
+// (slave to the host's, so later host mounts still reach it) and waits until
+// the guest is up. On error nothing of the daemon is left running.
+func startDaemon(g *globals, id string, bootTimeout time.Duration) (*daemonHandle, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding the husk binary: %w", err)
+	}
+	dir := g.store().Dir(id)
+	logFile, err := os.OpenFile(filepath.Join(dir, sandbox.DaemonLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating the daemon's log: %w", err)
+	}
+	defer logFile.Close()
+	readR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer readR.Close()
+
+	args := []string{"--mount", "--propagation", "slave", "--", self, "--root", g.root}
+	if g.configPath != "" {
+		args = append(args, "--config", g.configPath)
+	}
+	if g.debug {
+		args = append(args, "--debug")
+	}
+	args = append(args, daemonCommand, id)
+	cmd := exec.Command("unshare", args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		readyW.Close()
+		return nil, fmt.Errorf("starting the sandbox daemon: %w", err)
+	}
+	readyW.Close()
+	h := &daemonHandle{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(h.exited)
+	}()
+
+	msg := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(readR).ReadString('\n')
+		msg <- strings.TrimSpace(line)
+	}()
+	// The daemon enforces the boot timeout itself; this margin only guards
+	// against a daemon that hangs outright.
+	select {
+	case m := <-msg:
+		if m == "ok" {
+			return h, nil
+		}
+		h.kill()
+		if m == "" {
+			m = "the sandbox daemon exited: " + lastLines(filepath.Join(dir, sandbox.DaemonLog), 5)
+		}
+		return nil, errors.New(m)
+	case <-time.After(bootTimeout + 15*time.Second):
+		h.kill()
+		return nil, fmt.Errorf("the sandbox daemon did not report within %s", bootTimeout+15*time.Second)
+	}
+}
+
+func (h *daemonHandle) kill() {
+	_ = h.cmd.Process.Kill()
+	<-h.exited
+}
+
+// waitDaemonGone waits until the daemon process has ended, whether or not
+// it is this process's child.
+func waitDaemonGone(p state.Process, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for p.Alive() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+func lastLines(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte("; ")))
+}
+
+// controlSocket is the daemon's socket, reached through /proc/self/fd so
+// that the path stays short whatever the state root and id.
+func controlSocket(g *globals, id string) (path string, closeDir func(), err error) {
+	dir, err := os.Open(g.store().Dir(id))
+	if err != nil {
+		return "", nil, err
+	}
+	return fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), control.SocketName), func() { dir.Close() }, nil
+}
+
+// call sends one request to the container's daemon.
+func call(g *globals, id string, req *control.Request, files []*os.File, timeout time.Duration) (*control.Reply, error) {
+	sock, closeDir, err := controlSocket(g, id)
+	if err != nil {
+		return nil, err
+	}
+	defer closeDir()
+	req.Container = id
+	return control.Call(sock, req, files, timeout)
+}

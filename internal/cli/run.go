@@ -1,0 +1,235 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"os/user"
+	"strconv"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/oci"
+	"github.com/husk-runtime/husk/internal/state"
+)
+
+// callTimeout bounds a control call other than a wait.
+const callTimeout = 60 * time.Second
+
+// daemonExitTimeout bounds the wait for a daemon to power its guest off
+// and remove its state after a shutdown request.
+const daemonExitTimeout = 20 * time.Second
+
+func newRunCommand(g *globals) *cobra.Command {
+	var bundle string
+	cmd := &cobra.Command{
+		Use:   "run [flags] ID",
+		Short: "create and run a container inside its own VM, with stdio attached",
+		Args:  oneID,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runContainer(g, args[0], bundle)
+		},
+	}
+	cmd.Flags().StringVarP(&bundle, "bundle", "b", ".", "path to the root of the bundle directory")
+	return cmd
+}
+
+// prepared is a container whose sandbox is up, with nothing created in it yet.
+type prepared struct {
+	bundle *oci.Bundle
+	daemon *daemonHandle
+}
+
+// prepareSandbox checks the input, records the container and boots its
+// sandbox. Bad input is rejected before anything is created; on a later
+// error everything made so far is removed.
+func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*prepared, error) {
+	if err := oci.ValidateID(id); err != nil {
+		return nil, err
+	}
+	bundle, err := oci.LoadBundle(bundleDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := g.config()
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.CheckAssets(); err != nil {
+		return nil, err
+	}
+	st := &state.State{
+		ID: id, Bundle: bundle.Dir, Rootfs: bundle.Rootfs, Created: time.Now().UTC(),
+		Owner: ownerName(), Annotations: bundle.Spec.Annotations, Status: state.Creating, StandIn: standIn,
+	}
+	store := g.store()
+	if err := store.Create(st); err != nil {
+		if errors.Is(err, state.ErrExist) {
+			return nil, fmt.Errorf("container with id %s already exists", id)
+		}
+		return nil, err
+	}
+	daemon, err := startDaemon(g, id, cfg.Agent.BootTimeout.Duration)
+	if err != nil {
+		_ = store.Remove(id)
+		return nil, err
+	}
+	return &prepared{bundle: bundle, daemon: daemon}, nil
+}
+
+func ownerName() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(os.Getuid())
+}
+
+// stdioRequest fills a create request with the caller's stdio: with a
+// terminal, input and output of this process's terminal (or plain stdio);
+// otherwise stdin, stdout and stderr as they are.
+func stdioRequest(req *control.Request, terminal bool) []*os.File {
+	if terminal {
+		req.Terminal = true
+		if c, err := console.ConsoleFromFile(os.Stdin); err == nil {
+			if size, err := c.Size(); err == nil {
+				req.Rows, req.Cols = size.Height, size.Width
+			}
+		}
+		return []*os.File{os.Stdin, os.Stdout}
+	}
+	req.Stdin, req.Stdout, req.Stderr = true, true, true
+	return []*os.File{os.Stdin, os.Stdout, os.Stderr}
+}
+
+// runContainer is `husk run`: this process stands in for the container's
+// process until it exits, then the sandbox is removed and its status returned.
+func runContainer(g *globals, id, bundleDir string) (retErr error) {
+	p, err := prepareSandbox(g, id, bundleDir, state.Self())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			var exit *ExitError
+			if !errors.As(retErr, &exit) {
+				forceDelete(g, id)
+			}
+		}
+	}()
+
+	terminal := p.bundle.Spec.Process.Terminal
+	req := &control.Request{Op: control.OpCreate, Bundle: p.bundle.Dir}
+	files := stdioRequest(req, terminal)
+	if terminal {
+		if c, err := console.ConsoleFromFile(os.Stdin); err == nil {
+			if err := c.SetRaw(); err == nil {
+				defer func() { _ = c.Reset() }()
+			}
+		}
+	}
+	if _, err := call(g, id, req, files, callTimeout); err != nil {
+		return err
+	}
+	stopSignals := forwardSignals(g, id, terminal)
+	defer stopSignals()
+	if _, err := call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout); err != nil {
+		return err
+	}
+	reply, err := call(g, id, &control.Request{Op: control.OpWait}, nil, 0)
+	if err != nil {
+		return err
+	}
+	if err := deleteSandbox(g, id, true); err != nil {
+		return err
+	}
+	return &ExitError{Status: reply.ExitStatus}
+}
+
+// forwardSignals passes the signals this process receives to the container's
+// process, and window size changes to its terminal.
+func forwardSignals(g *globals, id string, terminal bool) (stop func()) {
+	sigs := make(chan os.Signal, 64)
+	signal.Notify(sigs)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				sig, ok := s.(unix.Signal)
+				if !ok {
+					continue
+				}
+				switch sig {
+				case unix.SIGCHLD, unix.SIGURG, unix.SIGPIPE:
+				case unix.SIGWINCH:
+					if terminal {
+						resizeFromStdin(g, id)
+					}
+				default:
+					_, _ = call(g, id, &control.Request{Op: control.OpKill, Signal: int(sig)}, nil, callTimeout)
+				}
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+	}
+}
+
+func resizeFromStdin(g *globals, id string) {
+	c, err := console.ConsoleFromFile(os.Stdin)
+	if err != nil {
+		return
+	}
+	size, err := c.Size()
+	if err != nil {
+		return
+	}
+	_, _ = call(g, id, &control.Request{Op: control.OpResize, Rows: size.Height, Cols: size.Width}, nil, callTimeout)
+}
+
+// deleteSandbox asks the daemon to end the sandbox and waits until it has.
+func deleteSandbox(g *globals, id string, force bool) error {
+	st, err := g.store().Load(id)
+	if err != nil {
+		return err
+	}
+	if _, err := call(g, id, &control.Request{Op: control.OpShutdown, Force: force}, nil, callTimeout); err != nil {
+		return err
+	}
+	if !waitDaemonGone(st.Daemon, daemonExitTimeout) {
+		forceDelete(g, id)
+	}
+	return nil
+}
+
+// forceDelete removes a container by any means: the daemon is asked, then
+// killed (QEMU dies with it), then QEMU is killed, then the state removed.
+func forceDelete(g *globals, id string) {
+	store := g.store()
+	st, err := store.Load(id)
+	if err != nil {
+		_ = store.Remove(id)
+		return
+	}
+	if st.Daemon.Alive() {
+		_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
+		if !waitDaemonGone(st.Daemon, daemonExitTimeout) {
+			_ = unix.Kill(st.Daemon.PID, unix.SIGKILL)
+			waitDaemonGone(st.Daemon, 5*time.Second)
+		}
+	}
+	if st.QEMU.Alive() {
+		_ = unix.Kill(st.QEMU.PID, unix.SIGKILL)
+		waitDaemonGone(st.QEMU, 5*time.Second)
+	}
+	_ = store.Remove(id)
+}

@@ -1,0 +1,193 @@
+// Package config reads husk's configuration file (TOML). Every key has a
+// built-in default, so no file is needed; an unknown key or a bad value is an
+// error that names the key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is read when neither --config nor HUSK_CONFIG names a file.
+const DefaultPath = "/etc/husk/configuration.toml"
+
+// EnvPath names the environment variable that overrides DefaultPath.
+const EnvPath = "HUSK_CONFIG"
+
+// Config is the effective configuration.
+type Config struct {
+	Hypervisor Hypervisor `toml:"hypervisor" json:"hypervisor"`
+	SharedFS   SharedFS   `toml:"shared_fs" json:"shared_fs"`
+	Agent      Agent      `toml:"agent" json:"agent"`
+	Runtime    Runtime    `toml:"runtime" json:"runtime"`
+
+	// Source is the file the configuration came from, "" for built-in defaults.
+	Source string `toml:"-" json:"source"`
+}
+
+// Hypervisor configures QEMU and the guest it boots.
+type Hypervisor struct {
+	Path         string `toml:"path" json:"path"`
+	Kernel       string `toml:"kernel" json:"kernel"`
+	Initrd       string `toml:"initrd" json:"initrd"`
+	KernelParams string `toml:"kernel_params" json:"kernel_params"`
+	VCPUs        int    `toml:"vcpus" json:"vcpus"`
+	MemoryMiB    int    `toml:"memory_mib" json:"memory_mib"`
+	Accel        string `toml:"accel" json:"accel"`
+	TCGTBSizeMiB int    `toml:"tcg_tb_size_mib" json:"tcg_tb_size_mib"`
+}
+
+// SharedFS configures the 9p share that carries rootfs and volumes.
+type SharedFS struct {
+	MSize int `toml:"msize" json:"msize"`
+}
+
+// Agent configures the host's dealings with husk-agent.
+type Agent struct {
+	BootTimeout Duration `toml:"boot_timeout" json:"boot_timeout"`
+}
+
+// Runtime holds general settings.
+type Runtime struct {
+	Debug bool `toml:"debug" json:"debug"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// assetDirs are searched, in order, for the guest kernel and initrd when the
+// configuration does not name them: beside the husk binary (a build tree),
+// then the installed locations.
+func assetDirs() []string {
+	var dirs []string
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Dir(exe))
+	}
+	return append(dirs, "/usr/local/share/husk", "/usr/share/husk")
+}
+
+// KernelName and InitrdName are the guest assets' file names.
+const (
+	KernelName = "vmlinux"
+	InitrdName = "husk-initrd.img"
+)
+
+// Default returns the built-in configuration.
+func Default() *Config {
+	return &Config{
+		Hypervisor: Hypervisor{
+			Path:         "/usr/bin/qemu-system-x86_64",
+			Kernel:       findAsset(KernelName),
+			Initrd:       findAsset(InitrdName),
+			VCPUs:        1,
+			MemoryMiB:    256,
+			Accel:        "auto",
+			TCGTBSizeMiB: 32,
+		},
+		SharedFS: SharedFS{MSize: 512 << 10},
+		Agent:    Agent{BootTimeout: Duration{30 * time.Second}},
+	}
+}
+
+func findAsset(name string) string {
+	dirs := assetDirs()
+	for _, dir := range dirs {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	// Not found anywhere: name the installed location, so the error says
+	// where husk expected it.
+	return filepath.Join("/usr/local/share/husk", name)
+}
+
+// Path returns the configuration file to read: flag, then environment, then
+// the default; explicit says whether the user named it (then it must exist).
+func Path(flag string) (path string, explicit bool) {
+	if flag != "" {
+		return flag, true
+	}
+	if env := os.Getenv(EnvPath); env != "" {
+		return env, true
+	}
+	return DefaultPath, false
+}
+
+// Load reads the configuration from path over the defaults. A missing file is
+// an error only when explicit.
+func Load(path string, explicit bool) (*Config, error) {
+	cfg := Default()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return cfg, cfg.Validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	md, err := toml.Decode(string(data), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("configuration %s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		return nil, fmt.Errorf("configuration %s: unknown key %q", path, undecoded[0].String())
+	}
+	cfg.Source = path
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("configuration %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks every value; errors name the key.
+func (c *Config) Validate() error {
+	h := c.Hypervisor
+	switch {
+	case h.Path == "":
+		return errors.New("hypervisor.path must not be empty")
+	case h.VCPUs < 1 || h.VCPUs > 64:
+		return fmt.Errorf("hypervisor.vcpus = %d: want 1 to 64", h.VCPUs)
+	case h.MemoryMiB < 64 || h.MemoryMiB > 1<<20:
+		return fmt.Errorf("hypervisor.memory_mib = %d: want at least 64", h.MemoryMiB)
+	case h.Accel != "auto" && h.Accel != "kvm" && h.Accel != "tcg":
+		return fmt.Errorf("hypervisor.accel = %q: want auto, kvm or tcg", h.Accel)
+	case h.TCGTBSizeMiB < 0 || h.TCGTBSizeMiB > 2048:
+		return fmt.Errorf("hypervisor.tcg_tb_size_mib = %d: want 0 (QEMU's default) to 2048", h.TCGTBSizeMiB)
+	case c.SharedFS.MSize < 4096 || c.SharedFS.MSize > 16<<20:
+		return fmt.Errorf("shared_fs.msize = %d: want 4096 to 16777216", c.SharedFS.MSize)
+	case c.Agent.BootTimeout.Duration <= 0:
+		return fmt.Errorf("agent.boot_timeout = %s: must be positive", c.Agent.BootTimeout)
+	}
+	return nil
+}
+
+// CheckAssets reports a missing QEMU binary, kernel or initrd.
+func (c *Config) CheckAssets() error {
+	for _, a := range []struct{ key, path string }{
+		{"hypervisor.path", c.Hypervisor.Path},
+		{"hypervisor.kernel", c.Hypervisor.Kernel},
+		{"hypervisor.initrd", c.Hypervisor.Initrd},
+	} {
+		if _, err := os.Stat(a.path); err != nil {
+			return fmt.Errorf("%s: %w", a.key, err)
+		}
+	}
+	return nil
+}

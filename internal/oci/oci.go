@@ -1,0 +1,158 @@
+// Package oci reads and checks OCI bundles, writes the default spec (husk
+// spec), and rewrites a container's spec for the guest.
+package oci
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"unicode/utf8"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ErrInvalidID is returned for a container id that cannot name a directory safely.
+var ErrInvalidID = errors.New("invalid container id")
+
+var idPattern = regexp.MustCompile(`^[\w+\-.]+$`)
+
+// maxIDLength keeps ids usable as file names and in unix socket paths' parents.
+const maxIDLength = 1024
+
+// ValidateID accepts the ids runc accepts: letters, digits, '_', '+', '-', '.',
+// never "." or "..".
+func ValidateID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty", ErrInvalidID)
+	case len(id) > maxIDLength:
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidID, maxIDLength)
+	case !utf8.ValidString(id) || !idPattern.MatchString(id) || id == "." || id == "..":
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	return nil
+}
+
+// Bundle is a bundle directory with its parsed config.json.
+type Bundle struct {
+	Dir    string // absolute
+	Spec   *specs.Spec
+	Rootfs string // absolute host path of root.path
+}
+
+// LoadBundle reads and validates dir/config.json.
+func LoadBundle(dir string) (*Bundle, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	if fi, err := os.Stat(abs); err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("bundle %s: not a directory", abs)
+	}
+	data, err := os.ReadFile(filepath.Join(abs, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	spec, err := ParseSpec(data)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: config.json: %w", abs, err)
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(abs, rootfs)
+	}
+	if fi, err := os.Stat(rootfs); err != nil {
+		return nil, fmt.Errorf("bundle %s: root.path: %w", abs, err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("bundle %s: root.path %s is not a directory", abs, rootfs)
+	}
+	return &Bundle{Dir: abs, Spec: spec, Rootfs: rootfs}, nil
+}
+
+// ParseSpec decodes config.json and checks what husk needs of it.
+func ParseSpec(data []byte) (*specs.Spec, error) {
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("malformed JSON: %w", err)
+	}
+	if err := Validate(&spec); err != nil {
+		return nil, err
+	}
+	return &spec, nil
+}
+
+// Validate checks the fields without which no container can be made.
+func Validate(spec *specs.Spec) error {
+	switch {
+	case spec.Version == "":
+		return errors.New("ociVersion must be set")
+	case spec.Root == nil || spec.Root.Path == "":
+		return errors.New("root.path must be set")
+	case spec.Process == nil:
+		return errors.New("process must be set")
+	case len(spec.Process.Args) == 0:
+		return errors.New("process.args must not be empty")
+	case spec.Process.Cwd == "" || !filepath.IsAbs(spec.Process.Cwd):
+		return fmt.Errorf("process.cwd %q must be an absolute path", spec.Process.Cwd)
+	case spec.Linux == nil:
+		return errors.New("linux must be set")
+	}
+	for i, m := range spec.Mounts {
+		if !filepath.IsAbs(m.Destination) {
+			return fmt.Errorf("mounts[%d].destination %q must be an absolute path", i, m.Destination)
+		}
+	}
+	return nil
+}
+
+// IsBind says whether a mount takes its source from the host's filesystem.
+func IsBind(m specs.Mount) bool {
+	if m.Type == "bind" {
+		return true
+	}
+	for _, o := range m.Options {
+		if o == "bind" || o == "rbind" {
+			return true
+		}
+	}
+	return false
+}
+
+// GuestSpec returns the spec as the guest must see it: the root and every
+// bind mount's source replaced by their paths in the shared directory
+// (guestSources[i] for spec.Mounts[i], set for every bind mount), host-side
+// hooks removed, and namespace paths (host paths, meaningless in the guest)
+// dropped so that the guest makes new namespaces.
+func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string) ([]byte, error) {
+	out := *spec
+	root := *spec.Root
+	root.Path = guestRoot
+	out.Root = &root
+	out.Hooks = nil
+	out.Mounts = make([]specs.Mount, len(spec.Mounts))
+	for i, m := range spec.Mounts {
+		if IsBind(m) {
+			src, ok := guestSources[i]
+			if !ok {
+				return nil, fmt.Errorf("mounts[%d] (%s): no guest source", i, m.Destination)
+			}
+			m.Source = src
+		}
+		out.Mounts[i] = m
+	}
+	if spec.Linux != nil {
+		linux := *spec.Linux
+		linux.Namespaces = nil
+		for _, ns := range spec.Linux.Namespaces {
+			ns.Path = ""
+			linux.Namespaces = append(linux.Namespaces, ns)
+		}
+		out.Linux = &linux
+	}
+	return json.Marshal(&out)
+}

@@ -1,0 +1,125 @@
+package oci
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func TestValidateID(t *testing.T) {
+	for _, ok := range []string{"a", "my-container_1.2+x", strings.Repeat("a", 1024)} {
+		if err := ValidateID(ok); err != nil {
+			t.Errorf("ValidateID(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", ".", "..", "../x", "a/b", "/abs", "sp ace", "nul\x00", "\xff\xfe", strings.Repeat("a", 1025)} {
+		if err := ValidateID(bad); !errors.Is(err, ErrInvalidID) {
+			t.Errorf("ValidateID(%q) = %v, want ErrInvalidID", bad, err)
+		}
+	}
+}
+
+func writeBundle(t *testing.T, spec any) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var data []byte
+	switch s := spec.(type) {
+	case string:
+		data = []byte(s)
+	default:
+		var err error
+		if data, err = json.Marshal(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestLoadBundleDefaultSpec(t *testing.T) {
+	dir := writeBundle(t, DefaultSpec())
+	b, err := LoadBundle(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Rootfs != filepath.Join(dir, "rootfs") || b.Spec.Process.Args[0] != "sh" {
+		t.Fatalf("bundle = %+v", b)
+	}
+}
+
+func TestLoadBundleRejectsBadInput(t *testing.T) {
+	noArgs := DefaultSpec()
+	noArgs.Process.Args = nil
+	relCwd := DefaultSpec()
+	relCwd.Process.Cwd = "tmp"
+	missingRoot := DefaultSpec()
+	missingRoot.Root.Path = "nowhere"
+	for name, tc := range map[string]struct {
+		spec any
+		want string
+	}{
+		"malformed":    {"{not json", "malformed JSON"},
+		"no version":   {`{"root":{"path":"rootfs"}}`, "ociVersion"},
+		"no args":      {noArgs, "process.args"},
+		"relative cwd": {relCwd, "process.cwd"},
+		"missing root": {missingRoot, "root.path"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := LoadBundle(writeBundle(t, tc.spec))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want mention of %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := LoadBundle(filepath.Join(t.TempDir(), "absent")); err == nil {
+		t.Fatal("missing bundle: no error")
+	}
+}
+
+func TestGuestSpecRewritesHostPaths(t *testing.T) {
+	spec := DefaultSpec()
+	spec.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/usr/bin/hook"}}}
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "ro"}})
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/42/ns/user"})
+	last := len(spec.Mounts) - 1
+
+	if _, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", nil); err == nil {
+		t.Fatal("bind mount without a guest source: no error")
+	}
+	data, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", map[int]string{last: "/run/husk/shared/c/mounts/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got specs.Spec
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Root.Path != "/run/husk/shared/c/rootfs" || !got.Root.Readonly {
+		t.Errorf("root = %+v", got.Root)
+	}
+	if got.Hooks != nil {
+		t.Errorf("hooks kept: %+v", got.Hooks)
+	}
+	if got.Mounts[last].Source != "/run/husk/shared/c/mounts/0" || got.Mounts[0].Source != "proc" {
+		t.Errorf("mounts = %+v", got.Mounts)
+	}
+	for _, ns := range got.Linux.Namespaces {
+		if ns.Path != "" {
+			t.Errorf("namespace path kept: %+v", ns)
+		}
+	}
+	// The caller's spec is not modified.
+	if spec.Root.Path != "rootfs" || spec.Mounts[last].Source != "/srv/data" || spec.Hooks == nil {
+		t.Error("GuestSpec modified its input")
+	}
+}

@@ -1,0 +1,423 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/config"
+	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/oci"
+	"github.com/husk-runtime/husk/internal/state"
+)
+
+// requestTimeout bounds one agent call other than a wait.
+const requestTimeout = 30 * time.Second
+
+// stopTimeout bounds the guest's orderly power-off.
+const stopTimeout = 5 * time.Second
+
+// exitStatusVMGone is the status reported for a container whose VM died
+// under it: as if its process had been killed with SIGKILL.
+const exitStatusVMGone = 128 + 9
+
+// Daemon serves one sandbox.
+type Daemon struct {
+	id    string
+	dir   string
+	store state.Store
+	cfg   *config.Config
+	vm    *VM
+	log   *slog.Logger
+
+	listener *net.UnixListener
+	stopOnce sync.Once
+	stopped  chan struct{}
+
+	mu         sync.Mutex
+	containers map[string]*containerRecord
+}
+
+// containerRecord is the daemon's view of one container.
+type containerRecord struct {
+	id       string
+	guestPID int
+	// exited is closed when the container's process has exited and its
+	// output has reached the caller's files.
+	exited     chan struct{}
+	exitStatus int
+	stdio      []*os.File
+}
+
+// RunDaemon is the daemon's main. It boots the VM, reports on ready (one
+// line: "ok" or the error), then serves until the sandbox is shut down.
+func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteCloser) error {
+	d := &Daemon{
+		id: id, dir: store.Dir(id), store: store, cfg: cfg,
+		stopped:    make(chan struct{}),
+		containers: map[string]*containerRecord{},
+		log:        slog.New(slog.NewTextHandler(os.Stderr, nil)).With("sandbox", id),
+	}
+	err := d.boot()
+	var bootErr *BootError
+	if errors.As(err, &bootErr) {
+		bootErr.ConsoleLog = keepConsoleLog(d.dir, id)
+	}
+	if err != nil {
+		fmt.Fprintf(ready, "%v\n", err)
+		ready.Close()
+		d.cleanup()
+		return err
+	}
+	fmt.Fprintln(ready, "ok")
+	ready.Close()
+	go d.watchVM()
+	go func() { _ = control.Serve(d.listener, d.handle) }()
+	<-d.stopped
+	return nil
+}
+
+func (d *Daemon) boot() error {
+	if err := os.Chdir(d.dir); err != nil {
+		return fmt.Errorf("entering the state directory: %w", err)
+	}
+	l, err := control.Listen(control.SocketName)
+	if err != nil {
+		return err
+	}
+	d.listener = l
+	vm, err := StartVM(VMOptions{ID: d.id, Dir: d.dir, Config: d.cfg})
+	if err != nil {
+		return err
+	}
+	d.vm = vm
+	d.log.Info("guest ready", "accel", vm.Accel, "boot", vm.Ready.Sub(vm.Started).String(),
+		"guest_ready_ns", vm.Guest.GetReadyNs(), "kernel", vm.Guest.GetKernelRelease())
+	return d.store.Update(d.id, func(st *state.State) error {
+		st.Daemon = state.Self()
+		st.QEMU = state.ProcessOf(vm.PID())
+		return nil
+	})
+}
+
+// watchVM marks every container stopped when QEMU exits, so that waiters are
+// released and `state` tells the truth.
+func (d *Daemon) watchVM() {
+	<-d.vm.Exited()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.containers {
+		select {
+		case <-c.exited:
+		default:
+			c.exitStatus = exitStatusVMGone
+			close(c.exited)
+			d.log.Warn("guest exited under a running container", "container", c.id)
+			d.saveExit(c)
+		}
+	}
+}
+
+func (d *Daemon) saveExit(c *containerRecord) {
+	status := c.exitStatus
+	err := d.store.Update(c.id, func(st *state.State) error {
+		st.Status = state.Stopped
+		st.ExitStatus = &status
+		return nil
+	})
+	if err != nil {
+		d.log.Error("saving state", "container", c.id, "err", err)
+	}
+}
+
+func (d *Daemon) handle(req *control.Request, files []*os.File) (*control.Reply, error) {
+	switch req.Op {
+	case control.OpCreate:
+		return d.create(req, files)
+	}
+	for _, f := range files {
+		f.Close()
+	}
+	switch req.Op {
+	case control.OpStart:
+		return d.start(req)
+	case control.OpWait:
+		return d.wait(req)
+	case control.OpKill:
+		return d.kill(req)
+	case control.OpResize:
+		return d.resize(req)
+	case control.OpShutdown:
+		return d.shutdown(req)
+	}
+	return nil, &control.Error{Code: control.CodeInvalid, Message: fmt.Sprintf("unknown request %q", req.Op)}
+}
+
+func (d *Daemon) lookup(id string) (*containerRecord, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.containers[id]
+	if !ok {
+		return nil, &control.Error{Code: control.CodeNotFound, Message: "container does not exist"}
+	}
+	return c, nil
+}
+
+// agentError converts an agent's RPC error at the edge into the control API's codes.
+func agentError(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	code := control.CodeInternal
+	switch st.Code() {
+	case codes.NotFound:
+		code = control.CodeNotFound
+	case codes.FailedPrecondition:
+		code = control.CodeNotRunning
+	case codes.InvalidArgument:
+		code = control.CodeInvalid
+	}
+	return &control.Error{Code: code, Message: st.Message()}
+}
+
+func (d *Daemon) create(req *control.Request, files []*os.File) (_ *control.Reply, retErr error) {
+	c := &containerRecord{id: req.Container, exited: make(chan struct{}), stdio: files}
+	defer func() {
+		if retErr != nil {
+			closeFiles(files)
+		}
+	}()
+	bundle, err := oci.LoadBundle(req.Bundle)
+	if err != nil {
+		return nil, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
+	}
+	d.mu.Lock()
+	if _, exists := d.containers[c.id]; exists {
+		d.mu.Unlock()
+		return nil, &control.Error{Code: control.CodeInvalid, Message: "container with given ID already exists"}
+	}
+	d.containers[c.id] = c
+	d.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			d.mu.Lock()
+			delete(d.containers, c.id)
+			d.mu.Unlock()
+		}
+	}()
+
+	sharedDir := filepath.Join(d.dir, SharedDir)
+	shared, err := shareContainer(sharedDir, c.id, bundle)
+	if err != nil {
+		unshareContainer(sharedDir, c.id)
+		return nil, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
+	}
+	defer func() {
+		if retErr != nil {
+			unshareContainer(sharedDir, c.id)
+		}
+	}()
+	specJSON, err := oci.GuestSpec(bundle.Spec, shared.guestRoot, shared.guestSources)
+	if err != nil {
+		return nil, err
+	}
+	copies, err := d.connectStdio(c.id, "", req, files)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := d.vm.Agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+		ContainerId: c.id, SpecJson: specJSON,
+		Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal,
+		Rows: uint32(req.Rows), Cols: uint32(req.Cols),
+	})
+	if err != nil {
+		copies.abort()
+		return nil, agentError(err)
+	}
+	c.guestPID = int(resp.GetPid())
+	if err := d.store.Update(c.id, func(st *state.State) error {
+		st.Status = state.Created
+		st.GuestPID = c.guestPID
+		return nil
+	}); err != nil {
+		d.log.Error("saving state", "container", c.id, "err", err)
+	}
+	go d.waitExit(c, copies)
+	d.log.Info("container created", "container", c.id, "guest_pid", c.guestPID)
+	return &control.Reply{GuestPID: c.guestPID}, nil
+}
+
+// waitExit waits for the container's process to exit in the guest and for
+// its output to be copied, then records the exit.
+func (d *Daemon) waitExit(c *containerRecord, copies *stdioCopies) {
+	resp, err := d.vm.Agent.WaitProcess(context.Background(), &agentapi.ProcessRequest{ContainerId: c.id})
+	if err != nil {
+		// The VM went away; watchVM reports the exit.
+		copies.abort()
+		return
+	}
+	copies.wait()
+	closeFiles(c.stdio)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	c.exitStatus = int(resp.GetExitStatus())
+	close(c.exited)
+	d.saveExit(c)
+	d.log.Info("container exited", "container", c.id, "status", c.exitStatus)
+}
+
+func (d *Daemon) start(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if _, err := d.vm.Agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
+		return nil, agentError(err)
+	}
+	err = d.store.Update(c.id, func(st *state.State) error {
+		if st.Status == state.Created {
+			st.Status = state.Running
+		}
+		return nil
+	})
+	return &control.Reply{GuestPID: c.guestPID}, err
+}
+
+func (d *Daemon) wait(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	<-c.exited
+	return &control.Reply{ExitStatus: c.exitStatus}, nil
+}
+
+func (d *Daemon) kill(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.exited:
+		return nil, &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	_, err = d.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.id, Signal: uint32(req.Signal), All: req.All})
+	if err != nil {
+		return nil, agentError(err)
+	}
+	return &control.Reply{}, nil
+}
+
+func (d *Daemon) resize(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	_, err = d.vm.Agent.ResizeTerminal(ctx, &agentapi.ResizeTerminalRequest{ContainerId: c.id, Rows: uint32(req.Rows), Cols: uint32(req.Cols)})
+	if err != nil {
+		return nil, agentError(err)
+	}
+	return &control.Reply{}, nil
+}
+
+// shutdown ends the sandbox: it replies, then powers the guest off, removes
+// the state directory and lets RunDaemon return. Without force it refuses
+// while a container still runs.
+func (d *Daemon) shutdown(req *control.Request) (*control.Reply, error) {
+	if !req.Force {
+		d.mu.Lock()
+		for _, c := range d.containers {
+			select {
+			case <-c.exited:
+			default:
+				d.mu.Unlock()
+				return nil, &control.Error{Code: control.CodeNotRunning,
+					Message: fmt.Sprintf("cannot delete container %s that is not stopped", c.id)}
+			}
+		}
+		d.mu.Unlock()
+	}
+	go d.stop()
+	return &control.Reply{}, nil
+}
+
+func (d *Daemon) stop() {
+	d.stopOnce.Do(func() {
+		// Give the reply time to leave before the socket goes.
+		time.Sleep(10 * time.Millisecond)
+		d.cleanup()
+		close(d.stopped)
+	})
+}
+
+// cleanup powers the VM off and removes everything the sandbox made. Mounts
+// need no undoing: they die with the daemon's mount namespace; they are
+// undone here anyway so that the shared directory can be removed.
+func (d *Daemon) cleanup() {
+	if d.listener != nil {
+		d.listener.Close()
+	}
+	if d.vm != nil {
+		d.vm.Stop(stopTimeout)
+	}
+	d.mu.Lock()
+	for id, c := range d.containers {
+		closeFiles(c.stdio)
+		unshareContainer(filepath.Join(d.dir, SharedDir), id)
+	}
+	d.mu.Unlock()
+	if err := d.store.Remove(d.id); err != nil {
+		d.log.Error("removing state", "err", err)
+	}
+}
+
+// KeptLogDir keeps the console logs of guests that failed to boot, which
+// would otherwise go with the state directory.
+const KeptLogDir = "/var/log/husk"
+
+func keepConsoleLog(dir, id string) string {
+	data, err := os.ReadFile(filepath.Join(dir, ConsoleLog))
+	if err != nil {
+		return ""
+	}
+	kept := filepath.Join(KeptLogDir, id+".console.log")
+	if err := os.MkdirAll(KeptLogDir, 0o755); err != nil {
+		return ""
+	}
+	if err := os.WriteFile(kept, data, 0o644); err != nil {
+		return ""
+	}
+	return kept
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}

@@ -1,0 +1,346 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/yamux"
+
+	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/channel"
+	"github.com/husk-runtime/husk/internal/config"
+	"github.com/husk-runtime/husk/internal/qemu"
+)
+
+// Files of a sandbox in its state directory (the daemon's working
+// directory, so that socket paths stay short whatever the id's length).
+const (
+	ConsoleLog  = "console.log"
+	QEMULog     = "qemu.log"
+	DaemonLog   = "daemon.log"
+	SharedDir   = "shared"
+	agentSocket = "agent.sock"
+	qmpSocket   = "qmp.sock"
+)
+
+// VM is a running guest: the QEMU process and the agent connection.
+type VM struct {
+	cmd     *exec.Cmd
+	qmp     *qemu.QMP
+	session *yamux.Session
+	ttrpc   *ttrpc.Client
+	Agent   agentapi.AgentService
+	Accel   qemu.Accel
+
+	// exited is closed when QEMU has exited; exitErr says how.
+	exited  chan struct{}
+	exitErr error
+
+	// Boot timings: QEMU started, agent connected; and the agent's own view.
+	Started, Ready time.Time
+	Guest          *agentapi.PingResponse
+}
+
+// VMOptions says what to boot.
+type VMOptions struct {
+	ID     string
+	Dir    string // the sandbox's state directory, absolute
+	Config *config.Config
+}
+
+// kernelArgs is the guest's command line: console on the ISA serial port;
+// reboot=t makes a restart a triple fault, which -no-reboot turns into QEMU
+// exiting (the agent's power-off), and panic=-1 does the same on a panic.
+func kernelArgs(cfg *config.Config) string {
+	args := []string{"console=ttyS0", "reboot=t", "panic=-1", "tsc=reliable", "no_timer_check", "i8042.noaux", "i8042.nokbd",
+		"husk.msize=" + strconv.Itoa(cfg.SharedFS.MSize)}
+	if cfg.Runtime.Debug {
+		args = append(args, "loglevel=7", "husk.debug=1")
+	} else {
+		args = append(args, "quiet")
+	}
+	if cfg.Hypervisor.KernelParams != "" {
+		args = append(args, cfg.Hypervisor.KernelParams)
+	}
+	return strings.Join(args, " ")
+}
+
+// vmConfig builds QEMU's configuration for the sandbox.
+func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
+	h := opts.Config.Hypervisor
+	return &qemu.Config{
+		Binary:     h.Path,
+		Name:       opts.ID,
+		Kernel:     h.Kernel,
+		Initrd:     h.Initrd,
+		KernelArgs: kernelArgs(opts.Config),
+		CPUs:       h.VCPUs,
+		MemoryMiB:  h.MemoryMiB,
+		Accel:      accel,
+		TBSizeMiB:  h.TCGTBSizeMiB,
+		Devices: []qemu.Device{
+			qemu.SerialConsoleToFile{Path: filepath.Join(opts.Dir, ConsoleLog)},
+			qemu.QMPClient{SocketPath: qmpSocket},
+			qemu.VirtioSerialPort{ID: "agent", SocketPath: agentSocket, Name: channel.PortName},
+			qemu.Virtio9P{ID: "shared", Path: filepath.Join(opts.Dir, SharedDir), Tag: channel.SharedTag},
+			qemu.VirtioRNG{ID: "rng0"},
+		},
+	}
+}
+
+// StartVM boots the guest and waits for its agent. The daemon's working
+// directory must be opts.Dir. On error nothing of the VM is left running.
+func StartVM(opts VMOptions) (_ *VM, retErr error) {
+	cfg := opts.Config
+	accel, _, err := qemu.ChooseAccel(cfg.Hypervisor.Accel)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Dir, SharedDir), 0o711); err != nil {
+		return nil, fmt.Errorf("creating the shared directory: %w", err)
+	}
+	qcfg := vmConfig(opts, accel)
+	args, err := qcfg.Args()
+	if err != nil {
+		return nil, fmt.Errorf("qemu configuration: %w", err)
+	}
+	// QEMU connects to these as a client at start-up, before the guest runs,
+	// so nothing the guest writes can be lost to an absent listener.
+	agentL, err := listenUnix(agentSocket)
+	if err != nil {
+		return nil, err
+	}
+	defer agentL.Close()
+	qmpL, err := listenUnix(qmpSocket)
+	if err != nil {
+		return nil, err
+	}
+	defer qmpL.Close()
+
+	logFile, err := os.OpenFile(QEMULog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating %s: %w", QEMULog, err)
+	}
+	defer logFile.Close()
+
+	vm := &VM{Accel: accel, exited: make(chan struct{})}
+	vm.cmd = exec.Command(cfg.Hypervisor.Path, args...)
+	vm.cmd.Stdout, vm.cmd.Stderr = logFile, logFile
+	// QEMU must never outlive the daemon: the kernel kills it when the
+	// thread that started it ends, so that thread stays locked and alive
+	// for as long as QEMU runs.
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := vm.cmd.Start(); err != nil {
+			started <- err
+			close(vm.exited)
+			return
+		}
+		started <- nil
+		vm.exitErr = vm.cmd.Wait()
+		close(vm.exited)
+	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("starting qemu: %w", err)
+	}
+	vm.Started = time.Now()
+	defer func() {
+		if retErr != nil {
+			vm.Kill()
+		}
+	}()
+
+	deadline := vm.Started.Add(cfg.Agent.BootTimeout.Duration)
+	if err := vm.connect(agentL, qmpL, deadline); err != nil {
+		return nil, &BootError{Timeout: cfg.Agent.BootTimeout.Duration, Cause: err}
+	}
+	vm.Ready = time.Now()
+	return vm, nil
+}
+
+// BootError is a guest that did not come up; ConsoleLog names the kept copy
+// of its console output.
+type BootError struct {
+	Timeout    time.Duration
+	Cause      error
+	ConsoleLog string
+}
+
+func (e *BootError) Error() string {
+	msg := fmt.Sprintf("the guest did not come up within %s: %v", e.Timeout, e.Cause)
+	if e.ConsoleLog != "" {
+		msg += "; see the console log " + e.ConsoleLog
+	}
+	return msg
+}
+
+func (e *BootError) Unwrap() error { return e.Cause }
+
+// connect takes QEMU's monitor and agent connections and waits for the
+// agent's first stream, all before deadline.
+func (vm *VM) connect(agentL, qmpL *net.UnixListener, deadline time.Time) error {
+	qmpConn, err := vm.accept(qmpL, time.Until(deadline))
+	if err != nil {
+		return fmt.Errorf("qemu's monitor: %w", err)
+	}
+	if vm.qmp, err = qemu.NewQMP(qmpConn); err != nil {
+		return fmt.Errorf("qemu's monitor: %w", err)
+	}
+	agentConn, err := vm.accept(agentL, time.Until(deadline))
+	if err != nil {
+		return fmt.Errorf("qemu's agent channel: %w", err)
+	}
+	if vm.session, err = channel.Host(agentConn); err != nil {
+		return err
+	}
+	control, err := vm.acceptStream(time.Until(deadline))
+	if err != nil {
+		return err
+	}
+	vm.ttrpc = ttrpc.NewClient(control)
+	vm.Agent = agentapi.NewAgentClient(vm.ttrpc)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if vm.Guest, err = vm.Agent.Ping(ctx, &agentapi.PingRequest{}); err != nil {
+		return fmt.Errorf("pinging the agent: %w", err)
+	}
+	return nil
+}
+
+func listenUnix(name string) (*net.UnixListener, error) {
+	_ = os.Remove(name)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", name, err)
+	}
+	return l, nil
+}
+
+// errQEMUExited is returned when QEMU ends while the daemon waits on it.
+var errQEMUExited = errors.New("qemu exited")
+
+func (vm *VM) exitError() error {
+	if vm.exitErr != nil {
+		return fmt.Errorf("%w: %v; see %s", errQEMUExited, vm.exitErr, QEMULog)
+	}
+	return fmt.Errorf("%w; see %s", errQEMUExited, QEMULog)
+}
+
+// accept waits for QEMU to connect to l, for QEMU to exit, or for timeout.
+func (vm *VM) accept(l *net.UnixListener, timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	ch := make(chan result, 1)
+	_ = l.SetDeadline(time.Now().Add(timeout))
+	go func() {
+		c, err := l.Accept()
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.conn, r.err
+	case <-vm.exited:
+		return nil, vm.exitError()
+	}
+}
+
+// acceptStream waits for the agent to open its control stream.
+func (vm *VM) acceptStream(timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := vm.session.Accept()
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.conn, r.err
+	case <-vm.exited:
+		return nil, vm.exitError()
+	case <-time.After(timeout):
+		return nil, errors.New("the agent did not connect")
+	}
+}
+
+// Exited is closed when QEMU has exited.
+func (vm *VM) Exited() <-chan struct{} { return vm.exited }
+
+// PID is QEMU's process id.
+func (vm *VM) PID() int { return vm.cmd.Process.Pid }
+
+// OpenStream opens a stdio stream to the agent.
+func (vm *VM) OpenStream(h *agentapi.StreamHeader) (net.Conn, error) {
+	s, err := vm.session.Open()
+	if err != nil {
+		return nil, fmt.Errorf("opening a stream to the agent: %w", err)
+	}
+	if err := channel.WriteHeader(s, h); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stop shuts the guest down: the agent powers it off, or QEMU is told to
+// quit, or it is killed; Stop returns once QEMU has exited.
+func (vm *VM) Stop(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if vm.Agent != nil {
+		_, _ = vm.Agent.Shutdown(ctx, &agentapi.Empty{})
+	}
+	select {
+	case <-vm.exited:
+	case <-ctx.Done():
+		if vm.qmp != nil {
+			qctx, qcancel := context.WithTimeout(context.Background(), time.Second)
+			_ = vm.qmp.Quit(qctx)
+			qcancel()
+		}
+		select {
+		case <-vm.exited:
+		case <-time.After(time.Second):
+			vm.Kill()
+		}
+	}
+	vm.closeConns()
+}
+
+// Kill ends QEMU at once and waits for it.
+func (vm *VM) Kill() {
+	if vm.cmd.Process != nil {
+		_ = vm.cmd.Process.Kill()
+	}
+	<-vm.exited
+	vm.closeConns()
+}
+
+func (vm *VM) closeConns() {
+	if vm.ttrpc != nil {
+		vm.ttrpc.Close()
+	}
+	if vm.session != nil {
+		vm.session.Close()
+	}
+	if vm.qmp != nil {
+		vm.qmp.Close()
+	}
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages husk needs to build and run, and the tests' clients.
+set -euo pipefail
+# Each line: what it is for is in README.md.
+packages=(
+  qemu-system-x86
+  linux-source-6.1 build-essential bc bison flex libelf-dev
+  libseccomp-dev
+  busybox-static
+  runc
+  protobuf-compiler
+  hyperfine
+  util-linux
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }

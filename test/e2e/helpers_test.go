@@ -1,0 +1,180 @@
+// Package e2e drives the real husk binary against real QEMU guests. The
+// tests need root, QEMU, and the built kernel and initrd (make all); without
+// them they skip and say why.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+var (
+	buildDir = mustAbs("../../build")
+	huskBin  = filepath.Join(buildDir, "husk")
+	idSeq    atomic.Int64
+)
+
+func mustAbs(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		panic(err)
+	}
+	return abs
+}
+
+// requireGuest skips the test when this machine cannot boot husk guests.
+func requireGuest(t *testing.T) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("needs root: husk mounts and starts QEMU")
+	}
+	for _, f := range []string{huskBin, filepath.Join(buildDir, "vmlinux"), filepath.Join(buildDir, "husk-initrd.img")} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("needs %s (run make all): %v", f, err)
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs /bin/busybox (apt-get install busybox-static)")
+	}
+}
+
+// env is one test's husk: its own state root and a config file.
+type env struct {
+	t      *testing.T
+	root   string
+	config string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	requireGuest(t)
+	e := &env{t: t, root: t.TempDir()}
+	e.writeConfig("")
+	t.Cleanup(e.checkNoLeaks)
+	return e
+}
+
+// writeConfig writes the test's configuration file: the build tree's guest
+// plus extra TOML.
+func (e *env) writeConfig(extra string) {
+	e.config = filepath.Join(e.root, "configuration.toml")
+	body := fmt.Sprintf("[hypervisor]\nkernel = %q\ninitrd = %q\n%s", filepath.Join(buildDir, "vmlinux"),
+		filepath.Join(buildDir, "husk-initrd.img"), extra)
+	if err := os.WriteFile(e.config, []byte(body), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) id() string {
+	return fmt.Sprintf("e2e-%d-%d", os.Getpid(), idSeq.Add(1))
+}
+
+func (e *env) command(args ...string) *exec.Cmd {
+	full := append([]string{"--root", filepath.Join(e.root, "state"), "--config", e.config}, args...)
+	return exec.Command(huskBin, full...)
+}
+
+// result is a finished husk command.
+type result struct {
+	stdout, stderr string
+	status         int
+}
+
+func (e *env) run(stdin string, args ...string) result {
+	e.t.Helper()
+	cmd := e.command(args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	status := 0
+	if err != nil {
+		exitErr, ok := err.(*exec.ExitError)
+		if !ok {
+			e.t.Fatalf("husk %v: %v", args, err)
+		}
+		status = exitErr.ExitCode()
+	}
+	return result{stdout.String(), stderr.String(), status}
+}
+
+// bundle makes a busybox bundle whose process is args, changed by edit.
+func (e *env) bundle(edit func(*specs.Spec), args ...string) string {
+	e.t.Helper()
+	dir := filepath.Join(e.t.TempDir(), "bundle")
+	out, err := exec.Command(filepath.Join(buildDir, "..", "scripts", "make-bundle.sh"), dir).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("make-bundle: %v: %s", err, out)
+	}
+	path := filepath.Join(dir, "config.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		e.t.Fatal(err)
+	}
+	spec.Process.Args = args
+	spec.Process.Terminal = false
+	if edit != nil {
+		edit(&spec)
+	}
+	if data, err = json.MarshalIndent(&spec, "", "  "); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return dir
+}
+
+// checkNoLeaks fails the test if anything of its sandboxes is left: a QEMU
+// or daemon process, a state directory, or a mount under its state root.
+func (e *env) checkNoLeaks() {
+	t := e.t
+	deadline := time.Now().Add(5 * time.Second)
+	var leaks []string
+	for {
+		leaks = leaks[:0]
+		out, _ := exec.Command("ps", "-eo", "pid,args").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, e.root) && (strings.Contains(line, "qemu-system") || strings.Contains(line, "sandbox-daemon")) {
+				leaks = append(leaks, "process: "+strings.TrimSpace(line))
+			}
+		}
+		if entries, err := os.ReadDir(filepath.Join(e.root, "state")); err == nil {
+			for _, ent := range entries {
+				leaks = append(leaks, "state directory: "+ent.Name())
+			}
+		}
+		mounts, _ := os.ReadFile("/proc/self/mounts")
+		for _, line := range strings.Split(string(mounts), "\n") {
+			if strings.Contains(line, e.root) {
+				leaks = append(leaks, "mount: "+line)
+			}
+		}
+		if len(leaks) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, l := range leaks {
+		t.Errorf("left behind: %s", l)
+	}
+}

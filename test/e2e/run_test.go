@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func TestRunEcho(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "echo", "hello from the guest")
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.status != 0 || r.stdout != "hello from the guest\n" {
+		t.Fatalf("status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+}
+
+func TestRunRunsInItsOwnKernel(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "uname", "-r")
+	r := e.run("", "run", "--bundle", b, e.id())
+	var host syscall.Utsname
+	_ = syscall.Uname(&host)
+	hostRelease := int8sToString(host.Release[:])
+	if r.status != 0 || strings.TrimSpace(r.stdout) == "" || strings.TrimSpace(r.stdout) == hostRelease {
+		t.Fatalf("guest kernel %q, host kernel %q (status %d, stderr %q)", r.stdout, hostRelease, r.status, r.stderr)
+	}
+}
+
+func int8sToString(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
+
+func TestRunExitStatus(t *testing.T) {
+	e := newEnv(t)
+	for script, want := range map[string]int{
+		"exit 0":      0,
+		"exit 3":      3,
+		"kill -9 $$":  137,
+		"kill -15 $$": 143,
+	} {
+		b := e.bundle(nil, "sh", "-c", script)
+		if r := e.run("", "run", "--bundle", b, e.id()); r.status != want {
+			t.Errorf("%q: status %d, want %d (stderr %q)", script, r.status, want, r.stderr)
+		}
+	}
+}
+
+func TestRunStdin(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "cat")
+	r := e.run("hi\nthere\n", "run", "--bundle", b, e.id())
+	if r.status != 0 || r.stdout != "hi\nthere\n" {
+		t.Fatalf("status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+}
+
+func TestRunStderrIsSeparate(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "sh", "-c", "echo out; echo err >&2")
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
+		t.Fatalf("stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+}
+
+func TestRunEnvAndCwd(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(func(s *specs.Spec) {
+		s.Process.Env = append(s.Process.Env, "GREETING=from-config")
+		s.Process.Cwd = "/tmp"
+	}, "sh", "-c", `echo "$GREETING $(pwd)"`)
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.status != 0 || r.stdout != "from-config /tmp\n" {
+		t.Fatalf("status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+}
+
+func TestRunCommandNotFound(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "/no/such/program")
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.status == 0 || !strings.Contains(r.stderr, "no such file or directory") {
+		t.Fatalf("status %d, stderr %q", r.status, r.stderr)
+	}
+	if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); n != 0 {
+		t.Errorf("error is %d lines, want one: %q", n+1, r.stderr)
+	}
+}
+
+func TestRunForwardsSignals(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "sh", "-c", "trap 'echo got TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+	cmd := e.command("run", "--bundle", b, e.id())
+	stdout := &syncBuffer{}
+	cmd.Stdout = stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(stdout.String(), "ready") {
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("container never printed ready; stdout %q", stdout.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	status := 0
+	if exitErr, ok := err.(interface{ ExitCode() int }); ok {
+		status = exitErr.ExitCode()
+	}
+	if status != 42 || !strings.Contains(stdout.String(), "got TERM") {
+		t.Fatalf("status %d, stdout %q", status, stdout.String())
+	}
+}
+
+func TestListAndStateOfRunningContainer(t *testing.T) {
+	e := newEnv(t)
+	id := e.id()
+	b := e.bundle(nil, "sh", "-c", "echo ready; sleep 600")
+	cmd := e.command("run", "--bundle", b, id)
+	stdout := &syncBuffer{}
+	cmd.Stdout = stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		e.run("", "delete", "--force", id)
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(stdout.String(), "ready") {
+		if time.Now().After(deadline) {
+			t.Fatalf("container never printed ready")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	r := e.run("", "list")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "ID") || !strings.Contains(lines[1], id) || !strings.Contains(lines[1], "running") {
+		t.Fatalf("list:\n%s", r.stdout)
+	}
+	if r := e.run("", "list", "-q"); strings.TrimSpace(r.stdout) != id {
+		t.Fatalf("list -q: %q", r.stdout)
+	}
+	r = e.run("", "list", "--format", "json")
+	var listed []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil || len(listed) != 1 || listed[0]["id"] != id {
+		t.Fatalf("list json %q: %v", r.stdout, err)
+	}
+
+	r = e.run("", "state", id)
+	var st struct {
+		OCIVersion string `json:"ociVersion"`
+		ID         string `json:"id"`
+		PID        int    `json:"pid"`
+		Status     string `json:"status"`
+		Bundle     string `json:"bundle"`
+		Rootfs     string `json:"rootfs"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("state %q: %v", r.stdout, err)
+	}
+	if st.ID != id || st.Status != "running" || st.PID != cmd.Process.Pid || st.Bundle != b || st.Rootfs != filepath.Join(b, "rootfs") || st.OCIVersion == "" {
+		t.Fatalf("state = %+v (husk run pid %d)", st, cmd.Process.Pid)
+	}
+
+	// A running container is not deleted without --force.
+	if r := e.run("", "delete", id); r.status != 1 || !strings.Contains(r.stderr, "not stopped") {
+		t.Fatalf("delete of running container: status %d, stderr %q", r.status, r.stderr)
+	}
+	if r := e.run("", "delete", "--force", id); r.status != 0 {
+		t.Fatalf("delete --force: status %d, stderr %q", r.status, r.stderr)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Error("husk run exited 0 after its container was killed")
+	}
+	if r := e.run("", "state", id); r.status != 1 || !strings.Contains(r.stderr, "does not exist") {
+		t.Fatalf("state after delete: status %d, stderr %q", r.status, r.stderr)
+	}
+}
+
+func TestBadInputLeavesNothing(t *testing.T) {
+	e := newEnv(t)
+	good := e.bundle(nil, "true")
+	malformed := e.bundle(nil, "true")
+	if err := os.WriteFile(filepath.Join(malformed, "config.json"), []byte("{oops"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, args := range map[string][]string{
+		"missing bundle":   {"run", "--bundle", filepath.Join(t.TempDir(), "absent"), e.id()},
+		"malformed config": {"run", "--bundle", malformed, e.id()},
+		"path-like id":     {"run", "--bundle", good, "../x"},
+		"empty id":         {"run", "--bundle", good, ""},
+		"no id":            {"run", "--bundle", good},
+		"unknown state":    {"state", "no-such-container"},
+		"unknown delete":   {"delete", "no-such-container"},
+	} {
+		r := e.run("", args...)
+		if r.status != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || r.stderr == "" {
+			t.Errorf("%s: status %d, stderr %q; want exit 1 and one line", name, r.status, r.stderr)
+		}
+	}
+}
+
+func TestMissingKernelOrQEMU(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "true")
+	e.writeConfig("") // reset, then override below
+	for name, cfg := range map[string]string{
+		"kernel": "[hypervisor]\nkernel = \"/nonexistent/vmlinux\"\n",
+		"qemu":   "[hypervisor]\npath = \"/nonexistent/qemu\"\n",
+	} {
+		path := filepath.Join(e.root, name+".toml")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := e.command("run", "--bundle", b, e.id())
+		cmd.Args = append([]string{cmd.Args[0], "--config", path}, cmd.Args[1:]...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "nonexistent") {
+			t.Errorf("%s: err %v, output %q", name, err, out)
+		}
+	}
+}
+
+func TestBootTimeoutNamesConsoleLog(t *testing.T) {
+	e := newEnv(t)
+	// No guest boots in a millisecond, under TCG or KVM.
+	e.writeConfig("[agent]\nboot_timeout = \"1ms\"\n")
+	b := e.bundle(nil, "true")
+	id := e.id()
+	r := e.run("", "run", "--bundle", b, id)
+	if r.status != 1 || !strings.Contains(r.stderr, "console log") {
+		t.Fatalf("status %d, stderr %q", r.status, r.stderr)
+	}
+	kept := filepath.Join("/var/log/husk", id+".console.log")
+	if !strings.Contains(r.stderr, kept) {
+		t.Fatalf("stderr %q does not name %s", r.stderr, kept)
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("console log not kept: %v", err)
+	}
+	os.Remove(kept)
+}
