@@ -49,6 +49,8 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Stat
 // Main runs the command line and returns the process's exit status.
 func Main(args []string) int {
 	g := &globals{}
+	// Until the flags are parsed, log nothing: errors go to stderr below.
+	logrus.SetOutput(io.Discard)
 	root := newRoot(g)
 	root.SetArgs(args)
 	err := root.Execute()

@@ -88,7 +88,7 @@ func TestLoadBundleRejectsBadInput(t *testing.T) {
 
 func TestGuestSpecRewritesHostPaths(t *testing.T) {
 	spec := DefaultSpec()
-	spec.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/usr/bin/hook"}}}
+	spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/usr/bin/hook"}}}
 	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "ro"}})
 	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/42/ns/user"})
 	last := len(spec.Mounts) - 1

@@ -402,10 +402,8 @@ func (d *Daemon) cleanup() {
 const KeptLogDir = "/var/log/husk"
 
 func keepConsoleLog(dir, id string) string {
-	data, err := os.ReadFile(filepath.Join(dir, ConsoleLog))
-	if err != nil {
-		return ""
-	}
+	// A guest that failed before QEMU opened the log leaves an empty one.
+	data, _ := os.ReadFile(filepath.Join(dir, ConsoleLog))
 	kept := filepath.Join(KeptLogDir, id+".console.log")
 	if err := os.MkdirAll(KeptLogDir, 0o755); err != nil {
 		return ""

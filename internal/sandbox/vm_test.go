@@ -1,0 +1,88 @@
+package sandbox
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/husk-runtime/husk/internal/config"
+	"github.com/husk-runtime/husk/internal/qemu"
+)
+
+func TestKernelArgs(t *testing.T) {
+	cfg := config.Default()
+	cfg.SharedFS.MSize = 65536
+	cfg.Hypervisor.KernelParams = "foo=bar"
+	args := kernelArgs(cfg)
+	for _, want := range []string{"console=ttyS0", "reboot=t", "panic=-1", "husk.msize=65536", "quiet", "foo=bar"} {
+		if !strings.Contains(" "+args+" ", " "+want+" ") {
+			t.Errorf("kernel args %q lack %q", args, want)
+		}
+	}
+	cfg.Runtime.Debug = true
+	if args := kernelArgs(cfg); strings.Contains(args, "quiet") || !strings.Contains(args, "husk.debug=1") {
+		t.Errorf("debug kernel args %q", args)
+	}
+}
+
+func TestVMConfigIsValid(t *testing.T) {
+	cfg := config.Default()
+	cfg.Hypervisor.Kernel = "/k"
+	cfg.Hypervisor.Initrd = "/i"
+	qcfg := vmConfig(VMOptions{ID: "c1", Dir: "/run/husk/c1", Config: cfg}, qemu.AccelTCG)
+	args, err := qcfg.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(args, " ")
+	for _, want := range []string{"-name sandbox-c1", "name=agent.channel.0", "mount_tag=husk-shared", "path=/run/husk/c1/console.log"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("qemu args lack %q:\n%s", want, joined)
+		}
+	}
+}
+
+// BenchmarkBoot measures QEMU start to agent ready, and the guest's own
+// part of it, on the built kernel and initrd (make all).
+func BenchmarkBoot(b *testing.B) {
+	build, _ := filepath.Abs("../../build")
+	cfg := config.Default()
+	cfg.Hypervisor.Kernel = filepath.Join(build, "vmlinux")
+	cfg.Hypervisor.Initrd = filepath.Join(build, "husk-initrd.img")
+	if os.Getuid() != 0 {
+		b.Skip("needs root")
+	}
+	if err := cfg.CheckAssets(); err != nil {
+		b.Skipf("needs the built guest: %v", err)
+	}
+	wd, _ := os.Getwd()
+	defer os.Chdir(wd)
+	var total, guest []time.Duration
+	for i := 0; i < b.N; i++ {
+		dir := b.TempDir()
+		if err := os.Chdir(dir); err != nil {
+			b.Fatal(err)
+		}
+		vm, err := StartVM(VMOptions{ID: "bench", Dir: dir, Config: cfg})
+		if err != nil {
+			b.Fatal(err)
+		}
+		total = append(total, vm.Ready.Sub(vm.Started))
+		guest = append(guest, time.Duration(vm.Guest.GetReadyNs()))
+		vm.Stop(stopTimeout)
+	}
+	b.ReportMetric(float64(median(total).Milliseconds()), "ms-qemu-to-agent-median")
+	b.ReportMetric(float64(median(guest).Milliseconds()), "ms-guest-kernel-to-agent-median")
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}

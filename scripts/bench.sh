@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make bench: start latency of `husk run true` beside `runc run true` on the same
+# busybox bundle, and the guest's boot broken down (QEMU start → agent ready).
+# Figures are printed and written to build/bench/; docs/benchmarks.md reports them.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+out=$top/build/bench
+runs=${BENCH_RUNS:-15}
+mkdir -p "$out"
+bundle=$out/bundle-true
+"$top/scripts/make-bundle.sh" "$bundle" >/dev/null
+sed -i 's|"sh", "-c", "echo hello from husk; uname -r"|"true"|' "$bundle/config.json"
+
+accel=$("$top/build/husk" check | awk '$2 == "accelerator" {print $3}' | tr -d :)
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), accel $accel, $(qemu-system-x86_64 --version | head -1)"
+
+echo "== start latency: run true, $runs runs each"
+hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/run-true.json" \
+  -n "husk run" "$top/build/husk --root /run/husk-bench run --bundle $bundle bench-\$\$" \
+  -n "runc run" "runc --root /run/runc-bench run --bundle $bundle bench-\$\$"
+
+python3 - "$out/run-true.json" <<'PY'
+import json, statistics, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    t = r["times"]
+    print(f"{r['command']}: median {statistics.median(t)*1000:.0f} ms, min {min(t)*1000:.0f} ms, max {max(t)*1000:.0f} ms, stdev {statistics.stdev(t)*1000:.0f} ms ({len(t)} runs)")
+PY
+
+echo "== guest boot: QEMU start to agent ready"
+cd "$top" && go test -run '^$' -bench BenchmarkBoot -benchtime "${runs}x" ./internal/sandbox | tee "$out/boot.txt"
+ls -l "$top/build/vmlinux" "$top/build/husk-initrd.img" | awk '{print $5, $9}'

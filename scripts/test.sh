@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: static checks, unit tests, and the end-to-end tests
+# that boot real guests under QEMU. Run as root after `make all` (make test does both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:$(go env GOPATH)/bin
+
+echo "== static checks"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt: not formatted: $unformatted" >&2; exit 1; fi
+go vet ./...
+if ! command -v staticcheck >/dev/null; then
+  go install honnef.co/go/tools/cmd/staticcheck@2026.2.2 >/dev/null 2>&1 || true
+fi
+if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck: not available, skipped" >&2; fi
+
+echo "== unit and end-to-end tests"
+# One package at a time: the end-to-end tests boot guests on a 2-core machine.
+go test -count=1 -p 1 -timeout 30m ./... "$@"
