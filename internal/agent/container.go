@@ -31,8 +31,11 @@ type process struct {
 
 type container struct {
 	id   string
+	spec *specs.Spec // as created; updates merge into its resources
 	lc   *libcontainer.Container
 	init *process
+
+	execs map[string]*process // guarded by Service.mu
 }
 
 // stdio is what the host opened for a process.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/specconv"
 	"github.com/opencontainers/runc/libcontainer/utils"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -116,7 +117,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateConta
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
 	s.mu.Lock()
-	s.containers[id] = &container{id: id, lc: lc, init: p}
+	s.containers[id] = &container{id: id, spec: &spec, lc: lc, init: p, execs: map[string]*process{}}
 	s.mu.Unlock()
 	return &agentapi.CreateContainerResponse{Pid: int32(p.pid)}, nil
 }
@@ -232,10 +233,145 @@ func (s *Service) process(containerID, execID string) (*container, *process, err
 	if err != nil {
 		return nil, nil, err
 	}
-	if execID != "" {
+	if execID == "" {
+		return c, c.init, nil
+	}
+	s.mu.Lock()
+	p, ok := c.execs[execID]
+	s.mu.Unlock()
+	if !ok {
 		return nil, nil, status.Errorf(codes.NotFound, "process %s of container %s does not exist", execID, containerID)
 	}
-	return c, c.init, nil
+	return c, p, nil
+}
+
+func (s *Service) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequest) (*agentapi.ExecProcessResponse, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	execID := req.GetExecId()
+	if execID == "" {
+		return nil, status.Error(codes.InvalidArgument, "exec id must be set")
+	}
+	select {
+	case <-c.init.done:
+		return nil, status.Errorf(codes.FailedPrecondition, "container %s is not running", c.id)
+	default:
+	}
+	var spec specs.Process
+	if err := json.Unmarshal(req.GetProcessJson(), &spec); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "decoding the process: %v", err)
+	}
+	proc, err := libcontainerProcess(&spec)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.mu.Lock()
+	if _, exists := c.execs[execID]; exists {
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.AlreadyExists, "process %s already exists in container %s", execID, c.id)
+	}
+	c.execs[execID] = nil
+	s.mu.Unlock()
+	io := stdio{
+		stdin: req.GetStdin(), stdout: req.GetStdout(), stderr: req.GetStderr(), terminal: req.GetTerminal(),
+		rows: uint16(req.GetRows()), cols: uint16(req.GetCols()),
+	}
+	p, err := s.startProcess(c.lc, c.id, execID, proc, io)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		delete(c.execs, execID)
+		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
+	c.execs[execID] = p
+	return &agentapi.ExecProcessResponse{Pid: int32(p.pid)}, nil
+}
+
+func (s *Service) ListProcesses(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.ListProcessesResponse, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.lc.Processes()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "listing processes of %s: %v", c.id, err)
+	}
+	resp := &agentapi.ListProcessesResponse{}
+	for _, pid := range pids {
+		resp.Pids = append(resp.Pids, int32(pid))
+	}
+	return resp, nil
+}
+
+func (s *Service) PauseContainer(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.Empty, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.lc.Pause(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "pausing %s: %v", c.id, err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) ResumeContainer(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.Empty, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.lc.Resume(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "resuming %s: %v", c.id, err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) UpdateContainer(ctx context.Context, req *agentapi.UpdateContainerRequest) (*agentapi.Empty, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	var update specs.LinuxResources
+	if err := json.Unmarshal(req.GetResourcesJson(), &update); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "decoding resources: %v", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	merged := mergeResources(c.spec.Linux.Resources, &update)
+	spec := *c.spec
+	linux := *spec.Linux
+	linux.Resources = merged
+	spec.Linux = &linux
+	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, Spec: &spec}, nil)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "converting resources: %v", err)
+	}
+	cfg := c.lc.Config()
+	// Device rules are set at creation; an update changes limits only.
+	cg.Resources.Devices = cfg.Cgroups.Resources.Devices
+	cfg.Cgroups.Resources = cg.Resources
+	if err := c.lc.Set(cfg); err != nil {
+		return nil, status.Errorf(codes.Internal, "updating %s: %v", c.id, err)
+	}
+	c.spec = &spec
+	return &agentapi.Empty{}, nil
+}
+
+func (s *Service) StatsContainer(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.StatsContainerResponse, error) {
+	c, err := s.lookup(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.lc.Stats()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "stats of %s: %v", c.id, err)
+	}
+	data, err := json.Marshal(st.CgroupStats)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encoding stats: %v", err)
+	}
+	return &agentapi.StatsContainerResponse{StatsJson: data}, nil
 }
 
 func (s *Service) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {

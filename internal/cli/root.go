@@ -95,6 +95,17 @@ func newRoot(g *globals) *cobra.Command {
 		newVersionCommand(g),
 		newCheckCommand(g),
 		newDaemonCommand(g),
+		newStandInCommand(g),
+		newCreateCommand(g),
+		newStartCommand(g),
+		newKillCommand(g),
+		newExecCommand(g),
+		newPsCommand(g),
+		newPauseCommand(g, true),
+		newPauseCommand(g, false),
+		newUpdateCommand(g),
+		newEventsCommand(g),
+		newFeaturesCommand(),
 	)
 	return root
 }

@@ -25,18 +25,105 @@ const callTimeout = 60 * time.Second
 // and remove its state after a shutdown request.
 const daemonExitTimeout = 20 * time.Second
 
+// createFlags are runc create's flags, shared by create and run.
+type createFlags struct {
+	bundle        string
+	pidFile       string
+	consoleSocket string
+	noPivot       bool
+	noNewKeyring  bool
+	preserveFDs   int
+}
+
+func (f *createFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVarP(&f.bundle, "bundle", "b", ".", "path to the root of the bundle directory")
+	fl.StringVar(&f.pidFile, "pid-file", "", "file to write the PID of the container's stand-in process to")
+	fl.StringVar(&f.consoleSocket, "console-socket", "", "unix socket to send the terminal's master to")
+	fl.BoolVar(&f.noPivot, "no-pivot", false, "accepted for compatibility; the guest always pivots")
+	fl.BoolVar(&f.noNewKeyring, "no-new-keyring", false, "accepted for compatibility")
+	fl.IntVar(&f.preserveFDs, "preserve-fds", 0, "not supported: file descriptors cannot cross into the VM")
+}
+
+func (f *createFlags) check() error {
+	if f.preserveFDs != 0 {
+		return errors.New("--preserve-fds is not supported: file descriptors cannot be passed into the VM")
+	}
+	return nil
+}
+
 func newRunCommand(g *globals) *cobra.Command {
-	var bundle string
+	var f createFlags
+	var detach bool
 	cmd := &cobra.Command{
 		Use:   "run [flags] ID",
-		Short: "create and run a container inside its own VM, with stdio attached",
+		Short: "create and run a container inside its own VM",
 		Args:  oneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runContainer(g, args[0], bundle)
+			if err := f.check(); err != nil {
+				return err
+			}
+			if detach {
+				if err := createContainer(g, args[0], &f); err != nil {
+					return err
+				}
+				return startContainer(g, args[0])
+			}
+			return runContainer(g, args[0], &f)
 		},
 	}
-	cmd.Flags().StringVarP(&bundle, "bundle", "b", ".", "path to the root of the bundle directory")
+	f.register(cmd)
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "detach from the container's process")
 	return cmd
+}
+
+func newCreateCommand(g *globals) *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "create [flags] ID",
+		Short: "create a container in its own VM, ready to start",
+		Args:  oneID,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
+			return createContainer(g, args[0], &f)
+		},
+	}
+	f.register(cmd)
+	return cmd
+}
+
+// createContainer is `husk create`: the sandbox, then the container created
+// in it by a stand-in holding this command's stdio, then the pid file.
+func createContainer(g *globals, id string, f *createFlags) (retErr error) {
+	p, err := prepareSandbox(g, id, f.bundle, state.Process{})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			forceDelete(g, id)
+		}
+	}()
+	terminal := p.bundle.Spec.Process.Terminal
+	if terminal && f.consoleSocket == "" {
+		return errors.New("cannot allocate tty if husk will detach without setting console socket")
+	}
+	if !terminal && f.consoleSocket != "" {
+		return errors.New("cannot use console socket if husk will not detach or allocate tty")
+	}
+	pid, err := startStandIn(g, id, standInOptions{bundle: p.bundle.Dir, terminal: terminal}, f.consoleSocket)
+	if err != nil {
+		return err
+	}
+	if err := g.store().Update(id, func(st *state.State) error {
+		st.StandIn = state.ProcessOf(pid)
+		return nil
+	}); err != nil {
+		return err
+	}
+	return writePIDFile(f.pidFile, pid)
 }
 
 // prepared is a container whose sandbox is up, with nothing created in it yet.
@@ -108,8 +195,8 @@ func stdioRequest(req *control.Request, terminal bool) []*os.File {
 
 // runContainer is `husk run`: this process stands in for the container's
 // process until it exits, then the sandbox is removed and its status returned.
-func runContainer(g *globals, id, bundleDir string) (retErr error) {
-	p, err := prepareSandbox(g, id, bundleDir, state.Self())
+func runContainer(g *globals, id string, f *createFlags) (retErr error) {
+	p, err := prepareSandbox(g, id, f.bundle, state.Self())
 	if err != nil {
 		return err
 	}
@@ -135,7 +222,10 @@ func runContainer(g *globals, id, bundleDir string) (retErr error) {
 	if _, err := call(g, id, req, files, callTimeout); err != nil {
 		return err
 	}
-	stopSignals := forwardSignals(g, id, terminal)
+	if err := writePIDFile(f.pidFile, os.Getpid()); err != nil {
+		return err
+	}
+	stopSignals := forwardSignals(g, id, "", terminal)
 	defer stopSignals()
 	if _, err := call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout); err != nil {
 		return err
@@ -151,8 +241,8 @@ func runContainer(g *globals, id, bundleDir string) (retErr error) {
 }
 
 // forwardSignals passes the signals this process receives to the container's
-// process, and window size changes to its terminal.
-func forwardSignals(g *globals, id string, terminal bool) (stop func()) {
+// process (execID "" for its init), and window size changes to its terminal.
+func forwardSignals(g *globals, id, execID string, terminal bool) (stop func()) {
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs)
 	done := make(chan struct{})
@@ -170,10 +260,10 @@ func forwardSignals(g *globals, id string, terminal bool) (stop func()) {
 				case unix.SIGCHLD, unix.SIGURG, unix.SIGPIPE:
 				case unix.SIGWINCH:
 					if terminal {
-						resizeFromStdin(g, id)
+						resizeFromStdin(g, id, execID)
 					}
 				default:
-					_, _ = call(g, id, &control.Request{Op: control.OpKill, Signal: int(sig)}, nil, callTimeout)
+					_, _ = call(g, id, &control.Request{Op: control.OpKill, ExecID: execID, Signal: int(sig)}, nil, callTimeout)
 				}
 			}
 		}
@@ -184,7 +274,7 @@ func forwardSignals(g *globals, id string, terminal bool) (stop func()) {
 	}
 }
 
-func resizeFromStdin(g *globals, id string) {
+func resizeFromStdin(g *globals, id, execID string) {
 	c, err := console.ConsoleFromFile(os.Stdin)
 	if err != nil {
 		return
@@ -193,7 +283,7 @@ func resizeFromStdin(g *globals, id string) {
 	if err != nil {
 		return
 	}
-	_, _ = call(g, id, &control.Request{Op: control.OpResize, Rows: size.Height, Cols: size.Width}, nil, callTimeout)
+	_, _ = call(g, id, &control.Request{Op: control.OpResize, ExecID: execID, Rows: size.Height, Cols: size.Width}, nil, callTimeout)
 }
 
 // deleteSandbox asks the daemon to end the sandbox and waits until it has.
@@ -233,3 +323,5 @@ func forceDelete(g *globals, id string) {
 	}
 	_ = store.Remove(id)
 }
+
+func consoleFromStdin() (console.Console, error) { return console.ConsoleFromFile(os.Stdin) }

@@ -26,6 +26,12 @@ const (
 	OpKill     = "kill"
 	OpResize   = "resize"
 	OpShutdown = "shutdown"
+	OpExec     = "exec"
+	OpPs       = "ps"
+	OpPause    = "pause"
+	OpResume   = "resume"
+	OpUpdate   = "update"
+	OpStats    = "stats"
 )
 
 // maxMessage bounds one request or reply.
@@ -38,6 +44,13 @@ const maxFiles = 8
 type Request struct {
 	Op        string `json:"op"`
 	Container string `json:"container,omitempty"`
+	// ExecID names an exec'd process (exec, wait, kill, resize); "" is the
+	// container's init process.
+	ExecID string `json:"exec_id,omitempty"`
+	// exec: the OCI process as JSON
+	Process json.RawMessage `json:"process,omitempty"`
+	// update: OCI linux.resources as JSON
+	Resources json.RawMessage `json:"resources,omitempty"`
 	// create
 	Bundle   string `json:"bundle,omitempty"`
 	Stdin    bool   `json:"stdin,omitempty"`
@@ -68,6 +81,10 @@ type Reply struct {
 	Code       string `json:"code,omitempty"`
 	GuestPID   int    `json:"guest_pid,omitempty"`
 	ExitStatus int    `json:"exit_status"`
+	// ps: guest PIDs of the container's processes
+	PIDs []int `json:"pids,omitempty"`
+	// stats: the guest's cgroup statistics (libcontainer's cgroups.Stats)
+	Stats json.RawMessage `json:"stats,omitempty"`
 }
 
 // Error is a failed call's error.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"unicode/utf8"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -134,6 +135,14 @@ func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string) 
 	root.Path = guestRoot
 	out.Root = &root
 	out.Hooks = nil
+	if spec.Process != nil {
+		// The host's LSM profiles mean nothing to the guest kernel, which
+		// has no AppArmor or SELinux; the VM is the boundary they stood for.
+		proc := *spec.Process
+		proc.ApparmorProfile = ""
+		proc.SelinuxLabel = ""
+		out.Process = &proc
+	}
 	out.Mounts = make([]specs.Mount, len(spec.Mounts))
 	for i, m := range spec.Mounts {
 		if IsBind(m) {
@@ -147,6 +156,8 @@ func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string) 
 	}
 	if spec.Linux != nil {
 		linux := *spec.Linux
+		linux.MountLabel = ""
+		linux.CgroupsPath = guestCgroupsPath(spec.Linux.CgroupsPath)
 		linux.Namespaces = nil
 		for _, ns := range spec.Linux.Namespaces {
 			ns.Path = ""
@@ -155,4 +166,22 @@ func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string) 
 		out.Linux = &linux
 	}
 	return json.Marshal(&out)
+}
+
+// guestCgroupsPath turns a systemd-style cgroups path ("slice:prefix:name",
+// given with --systemd-cgroup) into the plain path the guest's cgroupfs
+// manager takes; a plain path stays as it is.
+func guestCgroupsPath(p string) string {
+	parts := strings.Split(p, ":")
+	if len(parts) != 3 {
+		return p
+	}
+	slice, prefix, name := parts[0], parts[1], parts[2]
+	if slice == "" {
+		slice = "system.slice"
+	}
+	if prefix != "" {
+		name = prefix + "-" + name
+	}
+	return "/" + slice + "/" + name
 }

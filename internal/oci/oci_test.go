@@ -123,3 +123,30 @@ func TestGuestSpecRewritesHostPaths(t *testing.T) {
 		t.Error("GuestSpec modified its input")
 	}
 }
+
+func TestGuestSpecDropsHostLSMAndConvertsSystemdCgroups(t *testing.T) {
+	spec := DefaultSpec()
+	spec.Process.ApparmorProfile = "docker-default"
+	spec.Process.SelinuxLabel = "system_u:system_r:container_t:s0"
+	spec.Linux.CgroupsPath = "system.slice:docker:abc"
+	data, err := GuestSpec(spec, "/r", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got specs.Spec
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Process.ApparmorProfile != "" || got.Process.SelinuxLabel != "" {
+		t.Errorf("LSM labels kept: %+v", got.Process)
+	}
+	if got.Linux.CgroupsPath != "/system.slice/docker-abc" {
+		t.Errorf("cgroups path = %q", got.Linux.CgroupsPath)
+	}
+	if spec.Process.ApparmorProfile != "docker-default" {
+		t.Error("input modified")
+	}
+	if guestCgroupsPath("/docker/abc") != "/docker/abc" {
+		t.Error("plain path changed")
+	}
+}

@@ -51,13 +51,32 @@ type Daemon struct {
 
 // containerRecord is the daemon's view of one container.
 type containerRecord struct {
-	id       string
+	id    string
+	init  *procRecord
+	execs map[string]*procRecord // guarded by Daemon.mu
+}
+
+// procRecord is one process of a container: its init or an exec.
+type procRecord struct {
 	guestPID int
-	// exited is closed when the container's process has exited and its
-	// output has reached the caller's files.
+	// exited is closed when the process has exited and its output has
+	// reached the caller's files.
 	exited     chan struct{}
 	exitStatus int
 	stdio      []*os.File
+}
+
+func newProcRecord(stdio []*os.File) *procRecord {
+	return &procRecord{exited: make(chan struct{}), stdio: stdio}
+}
+
+func (p *procRecord) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // RunDaemon is the daemon's main. It boots the VM, reports on ready (one
@@ -118,11 +137,15 @@ func (d *Daemon) watchVM() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range d.containers {
-		select {
-		case <-c.exited:
-		default:
-			c.exitStatus = exitStatusVMGone
-			close(c.exited)
+		for _, p := range c.execs {
+			if p != nil && !p.hasExited() {
+				p.exitStatus = exitStatusVMGone
+				close(p.exited)
+			}
+		}
+		if !c.init.hasExited() {
+			c.init.exitStatus = exitStatusVMGone
+			close(c.init.exited)
 			d.log.Warn("guest exited under a running container", "container", c.id)
 			d.saveExit(c)
 		}
@@ -130,7 +153,7 @@ func (d *Daemon) watchVM() {
 }
 
 func (d *Daemon) saveExit(c *containerRecord) {
-	status := c.exitStatus
+	status := c.init.exitStatus
 	err := d.store.Update(c.id, func(st *state.State) error {
 		st.Status = state.Stopped
 		st.ExitStatus = &status
@@ -145,6 +168,8 @@ func (d *Daemon) handle(req *control.Request, files []*os.File) (*control.Reply,
 	switch req.Op {
 	case control.OpCreate:
 		return d.create(req, files)
+	case control.OpExec:
+		return d.exec(req, files)
 	}
 	for _, f := range files {
 		f.Close()
@@ -160,6 +185,16 @@ func (d *Daemon) handle(req *control.Request, files []*os.File) (*control.Reply,
 		return d.resize(req)
 	case control.OpShutdown:
 		return d.shutdown(req)
+	case control.OpPs:
+		return d.ps(req)
+	case control.OpPause:
+		return d.pause(req, true)
+	case control.OpResume:
+		return d.pause(req, false)
+	case control.OpUpdate:
+		return d.update(req)
+	case control.OpStats:
+		return d.stats(req)
 	}
 	return nil, &control.Error{Code: control.CodeInvalid, Message: fmt.Sprintf("unknown request %q", req.Op)}
 }
@@ -193,7 +228,7 @@ func agentError(err error) error {
 }
 
 func (d *Daemon) create(req *control.Request, files []*os.File) (_ *control.Reply, retErr error) {
-	c := &containerRecord{id: req.Container, exited: make(chan struct{}), stdio: files}
+	c := &containerRecord{id: req.Container, init: newProcRecord(files), execs: map[string]*procRecord{}}
 	defer func() {
 		if retErr != nil {
 			closeFiles(files)
@@ -248,41 +283,180 @@ func (d *Daemon) create(req *control.Request, files []*os.File) (_ *control.Repl
 		copies.abort()
 		return nil, agentError(err)
 	}
-	c.guestPID = int(resp.GetPid())
+	c.init.guestPID = int(resp.GetPid())
 	if err := d.store.Update(c.id, func(st *state.State) error {
 		st.Status = state.Created
-		st.GuestPID = c.guestPID
+		st.GuestPID = c.init.guestPID
 		return nil
 	}); err != nil {
 		d.log.Error("saving state", "container", c.id, "err", err)
 	}
-	go d.waitExit(c, copies)
-	d.log.Info("container created", "container", c.id, "guest_pid", c.guestPID)
-	return &control.Reply{GuestPID: c.guestPID}, nil
+	go d.waitExit(c, "", c.init, copies)
+	d.log.Info("container created", "container", c.id, "guest_pid", c.init.guestPID)
+	return &control.Reply{GuestPID: c.init.guestPID}, nil
 }
 
-// waitExit waits for the container's process to exit in the guest and for
-// its output to be copied, then records the exit.
-func (d *Daemon) waitExit(c *containerRecord, copies *stdioCopies) {
-	resp, err := d.vm.Agent.WaitProcess(context.Background(), &agentapi.ProcessRequest{ContainerId: c.id})
+// waitExit waits for a process to exit in the guest and for its output to
+// be copied, then records the exit.
+func (d *Daemon) waitExit(c *containerRecord, execID string, p *procRecord, copies *stdioCopies) {
+	resp, err := d.vm.Agent.WaitProcess(context.Background(), &agentapi.ProcessRequest{ContainerId: c.id, ExecId: execID})
 	if err != nil {
 		// The VM went away; watchVM reports the exit.
 		copies.abort()
 		return
 	}
 	copies.wait()
-	closeFiles(c.stdio)
+	closeFiles(p.stdio)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	select {
-	case <-c.exited:
+	if p.hasExited() {
 		return
-	default:
 	}
-	c.exitStatus = int(resp.GetExitStatus())
-	close(c.exited)
-	d.saveExit(c)
-	d.log.Info("container exited", "container", c.id, "status", c.exitStatus)
+	p.exitStatus = int(resp.GetExitStatus())
+	close(p.exited)
+	if execID == "" {
+		d.saveExit(c)
+	}
+	d.log.Info("process exited", "container", c.id, "exec", execID, "status", p.exitStatus)
+}
+
+// exec starts an additional process in a running container.
+func (d *Daemon) exec(req *control.Request, files []*os.File) (_ *control.Reply, retErr error) {
+	defer func() {
+		if retErr != nil {
+			closeFiles(files)
+		}
+	}()
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	if req.ExecID == "" {
+		return nil, &control.Error{Code: control.CodeInvalid, Message: "exec id must be set"}
+	}
+	p := newProcRecord(files)
+	d.mu.Lock()
+	if _, exists := c.execs[req.ExecID]; exists {
+		d.mu.Unlock()
+		return nil, &control.Error{Code: control.CodeInvalid, Message: fmt.Sprintf("exec %s already exists", req.ExecID)}
+	}
+	c.execs[req.ExecID] = p
+	d.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			d.mu.Lock()
+			delete(c.execs, req.ExecID)
+			d.mu.Unlock()
+		}
+	}()
+	copies, err := d.connectStdio(c.id, req.ExecID, req, files)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := d.vm.Agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{
+		ContainerId: c.id, ExecId: req.ExecID, ProcessJson: req.Process,
+		Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal,
+		Rows: uint32(req.Rows), Cols: uint32(req.Cols),
+	})
+	if err != nil {
+		copies.abort()
+		return nil, agentError(err)
+	}
+	p.guestPID = int(resp.GetPid())
+	go d.waitExit(c, req.ExecID, p, copies)
+	return &control.Reply{GuestPID: p.guestPID}, nil
+}
+
+// proc finds a container's process: its init for an empty exec id.
+func (d *Daemon) proc(containerID, execID string) (*containerRecord, *procRecord, error) {
+	c, err := d.lookup(containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok || p == nil {
+		return nil, nil, &control.Error{Code: control.CodeNotFound, Message: fmt.Sprintf("exec %s does not exist", execID)}
+	}
+	return c, p, nil
+}
+
+func (d *Daemon) ps(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := d.vm.Agent.ListProcesses(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	if err != nil {
+		return nil, agentError(err)
+	}
+	reply := &control.Reply{PIDs: []int{}}
+	for _, pid := range resp.GetPids() {
+		reply.PIDs = append(reply.PIDs, int(pid))
+	}
+	return reply, nil
+}
+
+// pause freezes (or thaws) every process of a container.
+func (d *Daemon) pause(req *control.Request, freeze bool) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	if c.init.hasExited() {
+		return nil, &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	next := state.Running
+	if freeze {
+		_, err = d.vm.Agent.PauseContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		next = state.Paused
+	} else {
+		_, err = d.vm.Agent.ResumeContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	}
+	if err != nil {
+		return nil, agentError(err)
+	}
+	return &control.Reply{}, d.store.Update(c.id, func(st *state.State) error {
+		st.Status = next
+		return nil
+	})
+}
+
+func (d *Daemon) update(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if _, err := d.vm.Agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.id, ResourcesJson: req.Resources}); err != nil {
+		return nil, agentError(err)
+	}
+	return &control.Reply{}, nil
+}
+
+func (d *Daemon) stats(req *control.Request) (*control.Reply, error) {
+	c, err := d.lookup(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := d.vm.Agent.StatsContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	if err != nil {
+		return nil, agentError(err)
+	}
+	return &control.Reply{Stats: resp.GetStatsJson()}, nil
 }
 
 func (d *Daemon) start(req *control.Request) (*control.Reply, error) {
@@ -301,31 +475,29 @@ func (d *Daemon) start(req *control.Request) (*control.Reply, error) {
 		}
 		return nil
 	})
-	return &control.Reply{GuestPID: c.guestPID}, err
+	return &control.Reply{GuestPID: c.init.guestPID}, err
 }
 
 func (d *Daemon) wait(req *control.Request) (*control.Reply, error) {
-	c, err := d.lookup(req.Container)
+	_, p, err := d.proc(req.Container, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	<-c.exited
-	return &control.Reply{ExitStatus: c.exitStatus}, nil
+	<-p.exited
+	return &control.Reply{ExitStatus: p.exitStatus}, nil
 }
 
 func (d *Daemon) kill(req *control.Request) (*control.Reply, error) {
-	c, err := d.lookup(req.Container)
+	c, p, err := d.proc(req.Container, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case <-c.exited:
+	if p.hasExited() {
 		return nil, &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
-	default:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	_, err = d.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.id, Signal: uint32(req.Signal), All: req.All})
+	_, err = d.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.id, ExecId: req.ExecID, Signal: uint32(req.Signal), All: req.All})
 	if err != nil {
 		return nil, agentError(err)
 	}
@@ -339,7 +511,7 @@ func (d *Daemon) resize(req *control.Request) (*control.Reply, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	_, err = d.vm.Agent.ResizeTerminal(ctx, &agentapi.ResizeTerminalRequest{ContainerId: c.id, Rows: uint32(req.Rows), Cols: uint32(req.Cols)})
+	_, err = d.vm.Agent.ResizeTerminal(ctx, &agentapi.ResizeTerminalRequest{ContainerId: c.id, ExecId: req.ExecID, Rows: uint32(req.Rows), Cols: uint32(req.Cols)})
 	if err != nil {
 		return nil, agentError(err)
 	}
@@ -353,9 +525,7 @@ func (d *Daemon) shutdown(req *control.Request) (*control.Reply, error) {
 	if !req.Force {
 		d.mu.Lock()
 		for _, c := range d.containers {
-			select {
-			case <-c.exited:
-			default:
+			if !c.init.hasExited() {
 				d.mu.Unlock()
 				return nil, &control.Error{Code: control.CodeNotRunning,
 					Message: fmt.Sprintf("cannot delete container %s that is not stopped", c.id)}
@@ -388,7 +558,12 @@ func (d *Daemon) cleanup() {
 	}
 	d.mu.Lock()
 	for id, c := range d.containers {
-		closeFiles(c.stdio)
+		closeFiles(c.init.stdio)
+		for _, p := range c.execs {
+			if p != nil {
+				closeFiles(p.stdio)
+			}
+		}
 		unshareContainer(filepath.Join(d.dir, SharedDir), id)
 	}
 	d.mu.Unlock()

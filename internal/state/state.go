@@ -30,6 +30,7 @@ const (
 	Creating Status = "creating"
 	Created  Status = "created"
 	Running  Status = "running"
+	Paused   Status = "paused"
 	Stopped  Status = "stopped"
 )
 

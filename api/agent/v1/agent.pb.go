@@ -82,7 +82,303 @@ func (x StreamHeader_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StreamHeader_Kind.Descriptor instead.
 func (StreamHeader_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11, 0}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16, 0}
+}
+
+type ExecProcessRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId      string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	// The OCI process (config.json's "process" object) as JSON.
+	ProcessJson   []byte `protobuf:"bytes,3,opt,name=process_json,json=processJson,proto3" json:"process_json,omitempty"`
+	Stdin         bool   `protobuf:"varint,4,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Stdout        bool   `protobuf:"varint,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr        bool   `protobuf:"varint,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Terminal      bool   `protobuf:"varint,7,opt,name=terminal,proto3" json:"terminal,omitempty"`
+	Rows          uint32 `protobuf:"varint,8,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32 `protobuf:"varint,9,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecProcessRequest) Reset() {
+	*x = ExecProcessRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecProcessRequest) ProtoMessage() {}
+
+func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
+func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ExecProcessRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ExecProcessRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+func (x *ExecProcessRequest) GetProcessJson() []byte {
+	if x != nil {
+		return x.ProcessJson
+	}
+	return nil
+}
+
+func (x *ExecProcessRequest) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *ExecProcessRequest) GetStdout() bool {
+	if x != nil {
+		return x.Stdout
+	}
+	return false
+}
+
+func (x *ExecProcessRequest) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
+func (x *ExecProcessRequest) GetTerminal() bool {
+	if x != nil {
+		return x.Terminal
+	}
+	return false
+}
+
+func (x *ExecProcessRequest) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ExecProcessRequest) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+type ExecProcessResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecProcessResponse) Reset() {
+	*x = ExecProcessResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecProcessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecProcessResponse) ProtoMessage() {}
+
+func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
+func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ExecProcessResponse) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+type ListProcessesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pids          []int32                `protobuf:"varint,1,rep,packed,name=pids,proto3" json:"pids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProcessesResponse) Reset() {
+	*x = ListProcessesResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProcessesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProcessesResponse) ProtoMessage() {}
+
+func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
+func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListProcessesResponse) GetPids() []int32 {
+	if x != nil {
+		return x.Pids
+	}
+	return nil
+}
+
+type UpdateContainerRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// An OCI LinuxResources object as JSON.
+	ResourcesJson []byte `protobuf:"bytes,2,opt,name=resources_json,json=resourcesJson,proto3" json:"resources_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateContainerRequest) Reset() {
+	*x = UpdateContainerRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateContainerRequest) ProtoMessage() {}
+
+func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UpdateContainerRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *UpdateContainerRequest) GetResourcesJson() []byte {
+	if x != nil {
+		return x.ResourcesJson
+	}
+	return nil
+}
+
+type StatsContainerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// libcontainer's cgroup statistics as JSON (the shape runc events --stats
+	// reports as "data").
+	StatsJson     []byte `protobuf:"bytes,1,opt,name=stats_json,json=statsJson,proto3" json:"stats_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsContainerResponse) Reset() {
+	*x = StatsContainerResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsContainerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsContainerResponse) ProtoMessage() {}
+
+func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
+func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StatsContainerResponse) GetStatsJson() []byte {
+	if x != nil {
+		return x.StatsJson
+	}
+	return nil
 }
 
 type Empty struct {
@@ -93,7 +389,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +401,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +414,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 type PingRequest struct {
@@ -129,7 +425,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -141,7 +437,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -154,7 +450,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 type PingResponse struct {
@@ -171,7 +467,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +479,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +492,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PingResponse) GetVersion() string {
@@ -248,7 +544,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +556,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +569,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateContainerRequest) GetContainerId() string {
@@ -342,7 +638,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +650,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +663,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateContainerResponse) GetPid() int32 {
@@ -386,7 +682,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +694,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +707,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -432,7 +728,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +740,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +753,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProcessRequest) GetContainerId() string {
@@ -484,7 +780,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +792,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +805,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -532,7 +828,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +840,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +853,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -600,7 +896,7 @@ type ResizeTerminalRequest struct {
 
 func (x *ResizeTerminalRequest) Reset() {
 	*x = ResizeTerminalRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +908,7 @@ func (x *ResizeTerminalRequest) String() string {
 func (*ResizeTerminalRequest) ProtoMessage() {}
 
 func (x *ResizeTerminalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +921,7 @@ func (x *ResizeTerminalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTerminalRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTerminalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResizeTerminalRequest) GetContainerId() string {
@@ -666,7 +962,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +974,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +987,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -720,7 +1016,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +1028,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +1041,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -773,7 +1069,27 @@ var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14agent/v1/agent.proto\x12\rhusk.agent.v1\"\a\n" +
+	"\x14agent/v1/agent.proto\x12\rhusk.agent.v1\"\xfd\x01\n" +
+	"\x12ExecProcessRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12!\n" +
+	"\fprocess_json\x18\x03 \x01(\fR\vprocessJson\x12\x14\n" +
+	"\x05stdin\x18\x04 \x01(\bR\x05stdin\x12\x16\n" +
+	"\x06stdout\x18\x05 \x01(\bR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x06 \x01(\bR\x06stderr\x12\x1a\n" +
+	"\bterminal\x18\a \x01(\bR\bterminal\x12\x12\n" +
+	"\x04rows\x18\b \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\t \x01(\rR\x04cols\"'\n" +
+	"\x13ExecProcessResponse\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\"+\n" +
+	"\x15ListProcessesResponse\x12\x12\n" +
+	"\x04pids\x18\x01 \x03(\x05R\x04pids\"b\n" +
+	"\x16UpdateContainerRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12%\n" +
+	"\x0eresources_json\x18\x02 \x01(\fR\rresourcesJson\"7\n" +
+	"\x16StatsContainerResponse\x12\x1d\n" +
+	"\n" +
+	"stats_json\x18\x01 \x01(\fR\tstatsJson\"\a\n" +
 	"\x05Empty\"\r\n" +
 	"\vPingRequest\"\x89\x01\n" +
 	"\fPingResponse\x12\x18\n" +
@@ -825,7 +1141,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x06STDOUT\x10\x02\x12\n" +
 	"\n" +
 	"\x06STDERR\x10\x03\x12\f\n" +
-	"\bTERMINAL\x10\x042\xe7\x04\n" +
+	"\bTERMINAL\x10\x042\xd2\b\n" +
 	"\x05Agent\x12?\n" +
 	"\x04Ping\x12\x1a.husk.agent.v1.PingRequest\x1a\x1b.husk.agent.v1.PingResponse\x12`\n" +
 	"\x0fCreateContainer\x12%.husk.agent.v1.CreateContainerRequest\x1a&.husk.agent.v1.CreateContainerResponse\x12G\n" +
@@ -833,7 +1149,13 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\vWaitProcess\x12\x1d.husk.agent.v1.ProcessRequest\x1a\".husk.agent.v1.WaitProcessResponse\x12J\n" +
 	"\rSignalProcess\x12#.husk.agent.v1.SignalProcessRequest\x1a\x14.husk.agent.v1.Empty\x12L\n" +
 	"\x0eResizeTerminal\x12$.husk.agent.v1.ResizeTerminalRequest\x1a\x14.husk.agent.v1.Empty\x12N\n" +
-	"\x0fRemoveContainer\x12%.husk.agent.v1.RemoveContainerRequest\x1a\x14.husk.agent.v1.Empty\x126\n" +
+	"\x0fRemoveContainer\x12%.husk.agent.v1.RemoveContainerRequest\x1a\x14.husk.agent.v1.Empty\x12T\n" +
+	"\vExecProcess\x12!.husk.agent.v1.ExecProcessRequest\x1a\".husk.agent.v1.ExecProcessResponse\x12V\n" +
+	"\rListProcesses\x12\x1f.husk.agent.v1.ContainerRequest\x1a$.husk.agent.v1.ListProcessesResponse\x12G\n" +
+	"\x0ePauseContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a\x14.husk.agent.v1.Empty\x12H\n" +
+	"\x0fResumeContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a\x14.husk.agent.v1.Empty\x12N\n" +
+	"\x0fUpdateContainer\x12%.husk.agent.v1.UpdateContainerRequest\x1a\x14.husk.agent.v1.Empty\x12X\n" +
+	"\x0eStatsContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a%.husk.agent.v1.StatsContainerResponse\x126\n" +
 	"\bShutdown\x12\x14.husk.agent.v1.Empty\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
 
 var (
@@ -849,42 +1171,59 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(StreamHeader_Kind)(0),          // 0: husk.agent.v1.StreamHeader.Kind
-	(*Empty)(nil),                   // 1: husk.agent.v1.Empty
-	(*PingRequest)(nil),             // 2: husk.agent.v1.PingRequest
-	(*PingResponse)(nil),            // 3: husk.agent.v1.PingResponse
-	(*CreateContainerRequest)(nil),  // 4: husk.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 5: husk.agent.v1.CreateContainerResponse
-	(*ContainerRequest)(nil),        // 6: husk.agent.v1.ContainerRequest
-	(*ProcessRequest)(nil),          // 7: husk.agent.v1.ProcessRequest
-	(*WaitProcessResponse)(nil),     // 8: husk.agent.v1.WaitProcessResponse
-	(*SignalProcessRequest)(nil),    // 9: husk.agent.v1.SignalProcessRequest
-	(*ResizeTerminalRequest)(nil),   // 10: husk.agent.v1.ResizeTerminalRequest
-	(*RemoveContainerRequest)(nil),  // 11: husk.agent.v1.RemoveContainerRequest
-	(*StreamHeader)(nil),            // 12: husk.agent.v1.StreamHeader
+	(*ExecProcessRequest)(nil),      // 1: husk.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 2: husk.agent.v1.ExecProcessResponse
+	(*ListProcessesResponse)(nil),   // 3: husk.agent.v1.ListProcessesResponse
+	(*UpdateContainerRequest)(nil),  // 4: husk.agent.v1.UpdateContainerRequest
+	(*StatsContainerResponse)(nil),  // 5: husk.agent.v1.StatsContainerResponse
+	(*Empty)(nil),                   // 6: husk.agent.v1.Empty
+	(*PingRequest)(nil),             // 7: husk.agent.v1.PingRequest
+	(*PingResponse)(nil),            // 8: husk.agent.v1.PingResponse
+	(*CreateContainerRequest)(nil),  // 9: husk.agent.v1.CreateContainerRequest
+	(*CreateContainerResponse)(nil), // 10: husk.agent.v1.CreateContainerResponse
+	(*ContainerRequest)(nil),        // 11: husk.agent.v1.ContainerRequest
+	(*ProcessRequest)(nil),          // 12: husk.agent.v1.ProcessRequest
+	(*WaitProcessResponse)(nil),     // 13: husk.agent.v1.WaitProcessResponse
+	(*SignalProcessRequest)(nil),    // 14: husk.agent.v1.SignalProcessRequest
+	(*ResizeTerminalRequest)(nil),   // 15: husk.agent.v1.ResizeTerminalRequest
+	(*RemoveContainerRequest)(nil),  // 16: husk.agent.v1.RemoveContainerRequest
+	(*StreamHeader)(nil),            // 17: husk.agent.v1.StreamHeader
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: husk.agent.v1.StreamHeader.kind:type_name -> husk.agent.v1.StreamHeader.Kind
-	2,  // 1: husk.agent.v1.Agent.Ping:input_type -> husk.agent.v1.PingRequest
-	4,  // 2: husk.agent.v1.Agent.CreateContainer:input_type -> husk.agent.v1.CreateContainerRequest
-	6,  // 3: husk.agent.v1.Agent.StartContainer:input_type -> husk.agent.v1.ContainerRequest
-	7,  // 4: husk.agent.v1.Agent.WaitProcess:input_type -> husk.agent.v1.ProcessRequest
-	9,  // 5: husk.agent.v1.Agent.SignalProcess:input_type -> husk.agent.v1.SignalProcessRequest
-	10, // 6: husk.agent.v1.Agent.ResizeTerminal:input_type -> husk.agent.v1.ResizeTerminalRequest
-	11, // 7: husk.agent.v1.Agent.RemoveContainer:input_type -> husk.agent.v1.RemoveContainerRequest
-	1,  // 8: husk.agent.v1.Agent.Shutdown:input_type -> husk.agent.v1.Empty
-	3,  // 9: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
-	5,  // 10: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
-	1,  // 11: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
-	8,  // 12: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
-	1,  // 13: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
-	1,  // 14: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
-	1,  // 15: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
-	1,  // 16: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
-	9,  // [9:17] is the sub-list for method output_type
-	1,  // [1:9] is the sub-list for method input_type
+	7,  // 1: husk.agent.v1.Agent.Ping:input_type -> husk.agent.v1.PingRequest
+	9,  // 2: husk.agent.v1.Agent.CreateContainer:input_type -> husk.agent.v1.CreateContainerRequest
+	11, // 3: husk.agent.v1.Agent.StartContainer:input_type -> husk.agent.v1.ContainerRequest
+	12, // 4: husk.agent.v1.Agent.WaitProcess:input_type -> husk.agent.v1.ProcessRequest
+	14, // 5: husk.agent.v1.Agent.SignalProcess:input_type -> husk.agent.v1.SignalProcessRequest
+	15, // 6: husk.agent.v1.Agent.ResizeTerminal:input_type -> husk.agent.v1.ResizeTerminalRequest
+	16, // 7: husk.agent.v1.Agent.RemoveContainer:input_type -> husk.agent.v1.RemoveContainerRequest
+	1,  // 8: husk.agent.v1.Agent.ExecProcess:input_type -> husk.agent.v1.ExecProcessRequest
+	11, // 9: husk.agent.v1.Agent.ListProcesses:input_type -> husk.agent.v1.ContainerRequest
+	11, // 10: husk.agent.v1.Agent.PauseContainer:input_type -> husk.agent.v1.ContainerRequest
+	11, // 11: husk.agent.v1.Agent.ResumeContainer:input_type -> husk.agent.v1.ContainerRequest
+	4,  // 12: husk.agent.v1.Agent.UpdateContainer:input_type -> husk.agent.v1.UpdateContainerRequest
+	11, // 13: husk.agent.v1.Agent.StatsContainer:input_type -> husk.agent.v1.ContainerRequest
+	6,  // 14: husk.agent.v1.Agent.Shutdown:input_type -> husk.agent.v1.Empty
+	8,  // 15: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
+	10, // 16: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
+	6,  // 17: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
+	13, // 18: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
+	6,  // 19: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
+	6,  // 20: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
+	6,  // 21: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
+	2,  // 22: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
+	3,  // 23: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
+	6,  // 24: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
+	6,  // 25: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
+	6,  // 26: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
+	5,  // 27: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
+	6,  // 28: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
+	15, // [15:29] is the sub-list for method output_type
+	1,  // [1:15] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -901,7 +1240,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
