@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages husk needs to build and run, and the tests' clients.
 set -euo pipefail
-# Each line: what it is for is in README.md.
 packages=(
-  qemu-system-x86
-  linux-source-6.1 build-essential bc bison flex libelf-dev
-  libseccomp-dev
-  busybox-static
-  runc
-  protobuf-compiler
-  hyperfine
-  util-linux
+  qemu-system-x86                                             # the hypervisor
+  linux-source-6.1 build-essential bc bison flex libelf-dev   # the guest kernel
+  libseccomp-dev                                              # seccomp in the static agent
+  busybox-static                                              # the containers' rootfs in the demo and tests
+  util-linux                                                  # unshare, for the daemon's mount namespace
+  docker.io containerd podman                                 # the real clients the tests drive
+  runc hyperfine                                              # make bench: the baseline and the timer
+  protobuf-compiler                                           # make protos
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -14,6 +14,9 @@ if ! command -v staticcheck >/dev/null; then
 fi
 if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck: not available, skipped" >&2; fi
 
+echo "== services for the end-to-end tests (containerd, a private dockerd with husk, images)"
+eval "export $(./scripts/start-services.sh | grep '^HUSK_TEST_DOCKER_HOST=')"
+
 echo "== unit and end-to-end tests"
 # One package at a time: the end-to-end tests boot guests on a 2-core machine.
 go test -count=1 -p 1 -timeout 30m ./... "$@"

@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// dockerEnv drives the private dockerd that scripts/start-services.sh starts
+// with husk registered as the runtime "husk".
+type dockerEnv struct {
+	t    *testing.T
+	host string
+}
+
+func newDockerEnv(t *testing.T) *dockerEnv {
+	t.Helper()
+	requireGuest(t)
+	host := os.Getenv("HUSK_TEST_DOCKER_HOST")
+	if host == "" {
+		t.Skip("HUSK_TEST_DOCKER_HOST is not set: run scripts/start-services.sh (make test does)")
+	}
+	d := &dockerEnv{t: t, host: host}
+	if r := d.run("", "info", "--format", "{{json .Runtimes}}"); r.status != 0 || !strings.Contains(r.stdout, "husk") {
+		t.Skipf("dockerd at %s has no husk runtime: %s %s", host, r.stdout, r.stderr)
+	}
+	return d
+}
+
+func (d *dockerEnv) command(args ...string) *exec.Cmd {
+	return exec.Command("docker", append([]string{"-H", d.host}, args...)...)
+}
+
+func (d *dockerEnv) run(stdin string, args ...string) result {
+	d.t.Helper()
+	cmd := d.command(args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	status := 0
+	if err != nil {
+		exitErr, ok := err.(*exec.ExitError)
+		if !ok {
+			d.t.Fatalf("docker %v: %v", args, err)
+		}
+		status = exitErr.ExitCode()
+	}
+	return result{stdout.String(), stderr.String(), status}
+}
+
+func (d *dockerEnv) mustRun(args ...string) string {
+	d.t.Helper()
+	r := d.run("", args...)
+	if r.status != 0 {
+		d.t.Fatalf("docker %v: status %d, stderr %q", args, r.status, r.stderr)
+	}
+	return strings.TrimSpace(r.stdout)
+}
+
+// checkNoSandbox fails if a VM or daemon of the container is left.
+func checkNoSandbox(t *testing.T, id string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := exec.Command("ps", "-eo", "args").Output()
+		var left []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, id) && (strings.Contains(line, "qemu-system") || strings.Contains(line, "sandbox-daemon") || strings.Contains(line, "stand-in")) {
+				left = append(left, line)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("left behind for %s: %q", id, left)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestDockerRun(t *testing.T) {
+	d := newDockerEnv(t)
+	run := []string{"run", "--runtime", "husk", "--rm"}
+	if got := d.mustRun(append(run, "busybox:local", "echo", "hi")...); got != "hi" {
+		t.Fatalf("echo: %q", got)
+	}
+	if r := d.run("", append(run, "busybox:local", "sh", "-c", "exit 3")...); r.status != 3 {
+		t.Fatalf("exit code: %d (%s)", r.status, r.stderr)
+	}
+	if r := d.run("piped in\n", append(run, "-i", "busybox:local", "cat")...); r.stdout != "piped in\n" {
+		t.Fatalf("-i: %q %q", r.stdout, r.stderr)
+	}
+	got := d.mustRun(append(run, "-e", "FOO=bar", "-w", "/tmp", "-u", "1000:1000", "busybox:local", "sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)")...)
+	if got != "bar /tmp 1000:1000" {
+		t.Fatalf("-e -w -u: %q", got)
+	}
+	if r := d.run("", append(run, "--read-only", "busybox:local", "touch", "/x")...); r.status == 0 || !strings.Contains(r.stderr, "Read-only file system") {
+		t.Fatalf("--read-only: status %d, stderr %q", r.status, r.stderr)
+	}
+	if got := d.mustRun(append(run, "busybox:local", "uname", "-r")...); got == hostKernel() {
+		t.Fatalf("container sees the host kernel %q", got)
+	}
+}
+
+func hostKernel() string {
+	out, _ := exec.Command("uname", "-r").Output()
+	return strings.TrimSpace(string(out))
+}
+
+func TestDockerRunTerminal(t *testing.T) {
+	d := newDockerEnv(t)
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("needs script(1) from bsdutils for a pty")
+	}
+	cmd := exec.Command("script", "-qec", "docker -H "+d.host+" run --runtime husk --rm -t busybox:local sh -c 'tty; stty size'", "/dev/null")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("docker run -t: %v %q", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") {
+		t.Fatalf("no terminal in the container: %q", out)
+	}
+}
+
+func TestDockerDetachedLifecycle(t *testing.T) {
+	d := newDockerEnv(t)
+	id := d.mustRun("run", "--runtime", "husk", "-d", "busybox:local", "sh", "-c",
+		"trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.1; done")
+	defer checkNoSandbox(t, id)
+	defer d.run("", "rm", "-f", id)
+	waitFor(t, "the container to print up", func() bool { return strings.Contains(d.run("", "logs", id).stdout, "up") })
+
+	if got := d.mustRun("exec", id, "echo", "exec-ok"); got != "exec-ok" {
+		t.Fatalf("exec: %q", got)
+	}
+	if r := d.run("exec in\n", "exec", "-i", id, "cat"); r.stdout != "exec in\n" {
+		t.Fatalf("exec -i: %q %q", r.stdout, r.stderr)
+	}
+	if r := d.run("", "exec", id, "sh", "-c", "exit 6"); r.status != 6 {
+		t.Fatalf("exec exit code: %d", r.status)
+	}
+	if out := d.mustRun("top", id); !strings.Contains(out, "PID") {
+		t.Fatalf("top: %q", out)
+	}
+	d.mustRun("pause", id)
+	if st := d.mustRun("inspect", "-f", "{{.State.Status}}", id); st != "paused" {
+		t.Fatalf("after pause: %s", st)
+	}
+	d.mustRun("unpause", id)
+	if st := d.mustRun("inspect", "-f", "{{.State.Status}}", id); st != "running" {
+		t.Fatalf("after unpause: %s", st)
+	}
+	d.mustRun("stats", "--no-stream", id)
+	d.mustRun("kill", "-s", "USR1", id) // no handler: the shell, PID 1, ignores it
+	if st := d.mustRun("inspect", "-f", "{{.State.Status}}", id); st != "running" {
+		t.Fatalf("after USR1: %s", st)
+	}
+	d.mustRun("stop", "-t", "10", id)
+	if code := d.mustRun("wait", id); code != "0" {
+		t.Fatalf("wait after stop: %q", code)
+	}
+	if !strings.Contains(d.run("", "logs", id).stdout, "got-term") {
+		t.Fatal("SIGTERM did not reach the container's process")
+	}
+	d.mustRun("rm", id)
+}
+
+func TestDockerStopKillsAfterGracePeriod(t *testing.T) {
+	d := newDockerEnv(t)
+	// No TERM handler: as PID 1 the shell ignores TERM, so only the SIGKILL
+	// after the grace period ends it.
+	id := d.mustRun("run", "--runtime", "husk", "-d", "busybox:local", "sh", "-c", "echo up; while true; do sleep 0.1; done")
+	defer checkNoSandbox(t, id)
+	defer d.run("", "rm", "-f", id)
+	waitFor(t, "the container to print up", func() bool { return strings.Contains(d.run("", "logs", id).stdout, "up") })
+	d.mustRun("stop", "-t", "1", id)
+	if code := d.mustRun("wait", id); code != "137" {
+		t.Fatalf("exit code after SIGKILL: %q, want 137", code)
+	}
+}
+
+func TestDockerKillAndRemove(t *testing.T) {
+	d := newDockerEnv(t)
+	id := d.mustRun("run", "--runtime", "husk", "-d", "busybox:local", "sleep", "600")
+	defer checkNoSandbox(t, id)
+	d.mustRun("kill", "-s", "KILL", id)
+	if code := d.mustRun("wait", id); code != "137" {
+		t.Fatalf("exit code after kill -s KILL: %q", code)
+	}
+	d.mustRun("rm", id)
+
+	id2 := d.mustRun("run", "--runtime", "husk", "-d", "busybox:local", "sleep", "600")
+	defer checkNoSandbox(t, id2)
+	d.mustRun("rm", "-f", id2)
+}
