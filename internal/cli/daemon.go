@@ -94,6 +94,16 @@ func startDaemon(g *globals, id string, bootTimeout time.Duration) (*daemonHandl
 		return nil, fmt.Errorf("starting the sandbox daemon: %w", err)
 	}
 	readyW.Close()
+	// Recorded at once, so that a delete that comes while the guest boots
+	// (this command killed half-way) finds the daemon and ends it.
+	if err := g.store().Update(id, func(st *state.State) error {
+		st.Daemon = state.ProcessOf(cmd.Process.Pid)
+		return nil
+	}); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, err
+	}
 	h := &daemonHandle{cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()

@@ -311,8 +311,12 @@ func forceDelete(g *globals, id string) {
 		return
 	}
 	if st.Daemon.Alive() {
-		_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
-		if !waitDaemonGone(st.Daemon, daemonExitTimeout) {
+		// A daemon still booting its guest serves no requests yet; killing
+		// it takes QEMU and the daemon's mounts with it.
+		if st.Status != state.Creating {
+			_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
+		}
+		if st.Status == state.Creating || !waitDaemonGone(st.Daemon, daemonExitTimeout) {
 			_ = unix.Kill(st.Daemon.PID, unix.SIGKILL)
 			waitDaemonGone(st.Daemon, 5*time.Second)
 		}

@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sandboxPIDs reads the daemon's and QEMU's PIDs from the state file.
+func (e *env) sandboxPIDs(id string) (daemon, qemu int) {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.root, "state", id, "state.json"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var st struct {
+		Daemon struct{ PID int } `json:"daemon"`
+		QEMU   struct{ PID int } `json:"qemu"`
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		e.t.Fatal(err)
+	}
+	if st.Daemon.PID <= 0 || st.QEMU.PID <= 0 {
+		e.t.Fatalf("state names no daemon or QEMU: %s", data)
+	}
+	return st.Daemon.PID, st.QEMU.PID
+}
+
+// reapStandIns makes this test the subreaper of the stand-ins it creates,
+// as containerd's shim is, so that their exit statuses can be read.
+func reapStandIns(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+}
+
+func waitExitStatus(t *testing.T, pid int) int {
+	t.Helper()
+	done := make(chan unix.WaitStatus, 1)
+	go func() {
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+		done <- ws
+	}()
+	select {
+	case ws := <-done:
+		if ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ws.ExitStatus()
+	case <-time.After(30 * time.Second):
+		t.Fatalf("stand-in %d did not exit", pid)
+		return -1
+	}
+}
+
+func TestQEMUKilled(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	id := e.id()
+	standIn := e.create(id)
+	e.start(id)
+	_, qemu := e.sandboxPIDs(id)
+	if err := syscall.Kill(qemu, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in exit status %d, want 137", status)
+	}
+	if status, _ := e.state(id); status != "stopped" {
+		t.Fatalf("state after QEMU died: %s", status)
+	}
+	e.mustRun("delete", id)
+}
+
+func TestDaemonKilled(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	id := e.id()
+	standIn := e.create(id)
+	e.start(id)
+	daemon, qemu := e.sandboxPIDs(id)
+	if err := syscall.Kill(daemon, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "QEMU to die with its daemon", func() bool { return !processAlive(qemu) })
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in exit status %d, want 137", status)
+	}
+	if status, _ := e.state(id); status != "stopped" {
+		t.Fatalf("state after the daemon died: %s", status)
+	}
+	e.mustRun("delete", id)
+}
+
+func TestCreateKilledHalfway(t *testing.T) {
+	e := newEnv(t)
+	id := e.id()
+	b := e.bundle(nil, "sleep", "600")
+	cmd := e.command("create", "--bundle", b, id)
+	devnull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	defer devnull.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill it while the guest boots.
+	waitFor(t, "the state directory", func() bool {
+		_, err := os.Stat(filepath.Join(e.root, "state", id, "state.json"))
+		return err == nil
+	})
+	time.Sleep(300 * time.Millisecond)
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	r := e.run("", "list")
+	if !strings.Contains(r.stdout, id) {
+		t.Fatalf("half-created container not listed: %q", r.stdout)
+	}
+	if r := e.run("", "delete", "--force", id); r.status != 0 {
+		t.Fatalf("delete --force: %d %q", r.status, r.stderr)
+	}
+}
