@@ -19,12 +19,32 @@ hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/run-true.j
   -n "husk run" "$top/build/husk --root /run/husk-bench run --bundle $bundle bench-\$\$" \
   -n "runc run" "runc --root /run/runc-bench run --bundle $bundle bench-\$\$"
 
-python3 - "$out/run-true.json" <<'PY'
+summarize() {
+  python3 - "$1" <<'PY'
 import json, statistics, sys
 for r in json.load(open(sys.argv[1]))["results"]:
     t = r["times"]
     print(f"{r['command']}: median {statistics.median(t)*1000:.0f} ms, min {min(t)*1000:.0f} ms, max {max(t)*1000:.0f} ms, stdev {statistics.stdev(t)*1000:.0f} ms ({len(t)} runs)")
 PY
+}
+summarize "$out/run-true.json"
+
+echo "== exec latency: husk exec true in a running container"
+husk="$top/build/husk --root /run/husk-bench"
+"$top/scripts/make-bundle.sh" "$out/bundle-sleep" >/dev/null
+sed -i 's|"sh", "-c", "echo hello from husk; uname -r"|"sleep", "3600"|' "$out/bundle-sleep/config.json"
+$husk delete --force bench-exec 2>/dev/null || true
+$husk run -d --bundle "$out/bundle-sleep" bench-exec </dev/null >/dev/null 2>&1
+hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/exec-true.json" -n "husk exec" "$husk exec bench-exec true"
+$husk delete --force bench-exec
+summarize "$out/exec-true.json"
+
+echo "== docker run --rm true: husk against runc"
+eval "export $("$top/scripts/start-services.sh" | grep '^HUSK_TEST_DOCKER_HOST=')"
+hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/docker-run-true.json" \
+  -n "docker run --runtime husk" "docker -H $HUSK_TEST_DOCKER_HOST run --rm --runtime husk busybox:local true" \
+  -n "docker run --runtime runc" "docker -H $HUSK_TEST_DOCKER_HOST run --rm --runtime runc busybox:local true"
+summarize "$out/docker-run-true.json"
 
 echo "== guest boot: QEMU start to agent ready"
 cd "$top" && go test -run '^$' -bench BenchmarkBoot -benchtime "${runs}x" ./internal/sandbox | tee "$out/boot.txt"

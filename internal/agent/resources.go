@@ -23,9 +23,6 @@ func mergeResources(base, update *specs.LinuxResources) *specs.LinuxResources {
 		if u.Swap != nil {
 			m.Swap = u.Swap
 		}
-		if u.Kernel != nil {
-			m.Kernel = u.Kernel
-		}
 		if u.KernelTCP != nil {
 			m.KernelTCP = u.KernelTCP
 		}
