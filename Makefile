@@ -43,10 +43,7 @@ $(BUILD)/bundle/config.json: $(BUILD)/husk
 	./scripts/make-bundle.sh $(BUILD)/bundle
 
 demo: deps all $(BUILD)/bundle/config.json
-	@echo '--- husk run demo (the container runs inside its own micro-VM) ---'
-	cd $(BUILD)/bundle && ../husk run demo-$$$$
-	@echo '--- husk list ---'
-	$(BUILD)/husk list
+	./scripts/demo.sh
 
 test: all
 	./scripts/test.sh
