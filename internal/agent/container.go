@@ -131,6 +131,15 @@ func (p *pipes) output(stream net.Conn) (*os.File, error) {
 		r.Close()
 		stream.Close()
 	}()
+	// The host closes its side when the caller stops reading (a closed
+	// pipe): closing the read end then gives the process EPIPE/SIGPIPE,
+	// as it would get under runc, rather than blocking it forever.
+	go func() {
+		_, _ = io.Copy(io.Discard, stream)
+		r.Close()
+		// Also wakes a copy blocked writing to the stream.
+		stream.Close()
+	}()
 	return w, nil
 }
 

@@ -7,11 +7,14 @@ import (
 	"log"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
 	"github.com/husk-runtime/husk/internal/channel"
@@ -51,7 +54,7 @@ func Run() error {
 		return err
 	}
 	svc := NewService(started, PowerOff)
-	server, err := ttrpc.NewServer()
+	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(recoverPanics))
 	if err != nil {
 		return fmt.Errorf("creating ttrpc server: %w", err)
 	}
@@ -71,6 +74,18 @@ func Run() error {
 		return errors.New("the host closed the agent channel")
 	}
 	return fmt.Errorf("serving the agent API: %w", err)
+}
+
+// recoverPanics turns a panic in a request into that request's error: the
+// agent is PID 1, and its death would take the whole VM down.
+func recoverPanics(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Printf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack())
+			err = status.Errorf(codes.Internal, "agent: %s failed: %v", info.FullMethod, r)
+		}
+	}()
+	return method(ctx, unmarshal)
 }
 
 // acceptStreams files every stdio stream the host opens under its header.

@@ -63,8 +63,9 @@ func (s *Service) Ping(context.Context, *agentapi.PingRequest) (*agentapi.PingRe
 func (s *Service) lookup(id string) (*container, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A nil entry is an id reserved by a create still in progress.
 	c, ok := s.containers[id]
-	if !ok {
+	if !ok || c == nil {
 		return nil, status.Errorf(codes.NotFound, "container %s does not exist", id)
 	}
 	return c, nil
@@ -113,6 +114,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateConta
 	}
 	p, err := s.startProcess(lc, id, "", proc, io)
 	if err != nil {
+		s.streams.drop(id, "")
 		_ = lc.Destroy()
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
@@ -239,7 +241,7 @@ func (s *Service) process(containerID, execID string) (*container, *process, err
 	s.mu.Lock()
 	p, ok := c.execs[execID]
 	s.mu.Unlock()
-	if !ok {
+	if !ok || p == nil {
 		return nil, nil, status.Errorf(codes.NotFound, "process %s of container %s does not exist", execID, containerID)
 	}
 	return c, p, nil
@@ -261,10 +263,12 @@ func (s *Service) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequ
 	}
 	var spec specs.Process
 	if err := json.Unmarshal(req.GetProcessJson(), &spec); err != nil {
+		s.streams.drop(c.id, execID)
 		return nil, status.Errorf(codes.InvalidArgument, "decoding the process: %v", err)
 	}
 	proc, err := libcontainerProcess(&spec)
 	if err != nil {
+		s.streams.drop(c.id, execID)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	s.mu.Lock()
@@ -283,6 +287,7 @@ func (s *Service) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequ
 	defer s.mu.Unlock()
 	if err != nil {
 		delete(c.execs, execID)
+		s.streams.drop(c.id, execID)
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
 	c.execs[execID] = p

@@ -70,3 +70,16 @@ func (t *streamTable) take(k streamKey, timeout time.Duration) (net.Conn, error)
 		return nil, fmt.Errorf("%s stream of %s/%s did not arrive within %s", k.kind, k.container, k.exec, timeout)
 	}
 }
+
+// drop closes every stream that arrived for a process whose request failed,
+// so that the host's copies of them end.
+func (t *streamTable) drop(container, exec string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, c := range t.arrived {
+		if k.container == container && k.exec == exec {
+			c.Close()
+			delete(t.arrived, k)
+		}
+	}
+}

@@ -97,11 +97,19 @@ func newKillCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// As runc, --all on a container with nothing left to signal
+			// is not an error.
 			if st.Status == state.Stopped || st.Status == state.Creating {
+				if all {
+					return nil
+				}
 				return errors.New("container not running")
 			}
 			_, err = call(g, args[0], &control.Request{Op: control.OpKill, Signal: int(sig), All: all}, nil, callTimeout)
 			if control.IsCode(err, control.CodeNotRunning) {
+				if all {
+					return nil
+				}
 				return errors.New("container not running")
 			}
 			return err
@@ -319,27 +327,35 @@ func execProcess(g *globals, id string, args []string, f *execFlags) error {
 	}
 	// Attached: this process stands in for the exec'd one.
 	req := &control.Request{Op: control.OpExec, ExecID: execID, Process: data}
-	files := stdioRequest(req, proc.Terminal)
+	files, err := stdioRequest(req, proc.Terminal)
+	if err != nil {
+		return err
+	}
 	if proc.Terminal {
-		if c, err := consoleFromStdin(); err == nil {
-			if err := c.SetRaw(); err == nil {
-				defer func() { _ = c.Reset() }()
-			}
-		}
+		defer makeRaw()()
+	}
+	_, err = call(g, id, req, files, callTimeout)
+	files[0].Close()
+	if err != nil {
+		return execFailed(err)
 	}
 	stop := forwardSignals(g, id, execID, proc.Terminal)
 	defer stop()
-	if _, err := call(g, id, req, files, callTimeout); err != nil {
-		return err
-	}
 	if err := writePIDFile(f.pidFile, os.Getpid()); err != nil {
 		return err
 	}
 	reply, err := call(g, id, &control.Request{Op: control.OpWait, ExecID: execID}, nil, 0)
 	if err != nil {
-		return err
+		return execFailed(err)
 	}
 	return &ExitError{Status: reply.ExitStatus}
+}
+
+// execFailed reports an exec that could not run as runc does: the error,
+// then exit status 255, which callers tell apart from the process's own.
+func execFailed(err error) error {
+	fmt.Fprintf(os.Stderr, "husk: exec failed: %v\n", err)
+	return &ExitError{Status: 255}
 }
 
 // updateFlags are runc update's resource flags.

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"os/user"
@@ -176,10 +177,16 @@ func ownerName() string {
 	return strconv.Itoa(os.Getuid())
 }
 
-// stdioRequest fills a create request with the caller's stdio: with a
-// terminal, input and output of this process's terminal (or plain stdio);
-// otherwise stdin, stdout and stderr as they are.
-func stdioRequest(req *control.Request, terminal bool) []*os.File {
+// stdioRequest fills a create or exec request with this process's stdio:
+// with a terminal, its input and output; otherwise stdin, stdout and stderr.
+// Output goes to the daemon as it is; input through a pipe this process
+// fills (see stdinPipe). The returned files are this process's to close
+// once the request has been sent.
+func stdioRequest(req *control.Request, terminal bool) ([]*os.File, error) {
+	in, err := stdinPipe()
+	if err != nil {
+		return nil, err
+	}
 	if terminal {
 		req.Terminal = true
 		if c, err := console.ConsoleFromFile(os.Stdin); err == nil {
@@ -187,10 +194,26 @@ func stdioRequest(req *control.Request, terminal bool) []*os.File {
 				req.Rows, req.Cols = size.Height, size.Width
 			}
 		}
-		return []*os.File{os.Stdin, os.Stdout}
+		return []*os.File{in, os.Stdout}, nil
 	}
 	req.Stdin, req.Stdout, req.Stderr = true, true, true
-	return []*os.File{os.Stdin, os.Stdout, os.Stderr}
+	return []*os.File{in, os.Stdout, os.Stderr}, nil
+}
+
+// stdinPipe returns the read end of a pipe that this process fills from its
+// stdin. The daemon outlives the process, and a read it made on the caller's
+// stdin (a terminal, say) could not be interrupted: it would swallow what the
+// user types next. The pipe ends when this process does.
+func stdinPipe() (*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("stdin pipe: %w", err)
+	}
+	go func() {
+		_, _ = io.Copy(w, os.Stdin)
+		w.Close()
+	}()
+	return r, nil
 }
 
 // runContainer is `husk run`: this process stands in for the container's
@@ -211,20 +234,22 @@ func runContainer(g *globals, id string, f *createFlags) (retErr error) {
 
 	terminal := p.bundle.Spec.Process.Terminal
 	req := &control.Request{Op: control.OpCreate, Bundle: p.bundle.Dir}
-	files := stdioRequest(req, terminal)
-	if terminal {
-		if c, err := console.ConsoleFromFile(os.Stdin); err == nil {
-			if err := c.SetRaw(); err == nil {
-				defer func() { _ = c.Reset() }()
-			}
-		}
+	files, err := stdioRequest(req, terminal)
+	if err != nil {
+		return err
 	}
-	if _, err := call(g, id, req, files, callTimeout); err != nil {
+	if terminal {
+		defer makeRaw()()
+	}
+	_, err = call(g, id, req, files, callTimeout)
+	files[0].Close()
+	if err != nil {
 		return err
 	}
 	if err := writePIDFile(f.pidFile, os.Getpid()); err != nil {
 		return err
 	}
+	// Only now is there a process for signals to reach.
 	stopSignals := forwardSignals(g, id, "", terminal)
 	defer stopSignals()
 	if _, err := call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout); err != nil {
@@ -328,4 +353,15 @@ func forceDelete(g *globals, id string) {
 	_ = store.Remove(id)
 }
 
-func consoleFromStdin() (console.Console, error) { return console.ConsoleFromFile(os.Stdin) }
+// makeRaw puts this process's terminal, if stdin is one, in raw mode, so
+// that keys reach the container's terminal as typed; it returns the undo.
+func makeRaw() (restore func()) {
+	c, err := console.ConsoleFromFile(os.Stdin)
+	if err != nil {
+		return func() {}
+	}
+	if err := c.SetRaw(); err != nil {
+		return func() {}
+	}
+	return func() { _ = c.Reset() }
+}

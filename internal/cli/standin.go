@@ -71,14 +71,20 @@ func standIn(g *globals, id string, o standInOptions, ready *os.File) error {
 		os.Remove(o.processFile)
 		req.Process = data
 	}
-	files := stdioRequest(req, o.terminal)
-	stop := forwardSignals(g, id, o.execID, o.terminal)
-	defer stop()
-	if _, err := call(g, id, req, files, callTimeout); err != nil {
+	files, err := stdioRequest(req, o.terminal)
+	if err != nil {
+		fmt.Fprintln(ready, err)
+		return err
+	}
+	_, err = call(g, id, req, files, callTimeout)
+	files[0].Close()
+	if err != nil {
 		fmt.Fprintln(ready, err)
 		ready.Close()
 		return &ExitError{Status: 1}
 	}
+	stop := forwardSignals(g, id, o.execID, o.terminal)
+	defer stop()
 	fmt.Fprintln(ready, "ok")
 	ready.Close()
 	// The daemon holds its own copies of the stdio now; this process keeps

@@ -125,6 +125,12 @@ func newDeleteCommand(g *globals) *cobra.Command {
 			id := args[0]
 			st, err := loadContainer(g, id)
 			if err != nil {
+				// As runc: --force removes what is left of a container
+				// whose state cannot be read, and an absent one is no error.
+				if force && oci.ValidateID(id) == nil {
+					forceDelete(g, id)
+					return nil
+				}
 				return err
 			}
 			if !st.Daemon.Alive() {

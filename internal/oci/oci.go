@@ -108,6 +108,16 @@ func Validate(spec *specs.Spec) error {
 			return fmt.Errorf("mounts[%d].destination %q must be an absolute path", i, m.Destination)
 		}
 	}
+	for _, ns := range spec.Linux.Namespaces {
+		// Joining another container's namespace means joining its VM,
+		// which husk cannot do yet; a new namespace instead would quietly
+		// break what the caller asked for. A network namespace path is the
+		// exception: the caller (Docker, CNI) made it for this container,
+		// and the guest gives the container a network namespace of its own.
+		if ns.Path != "" && ns.Type != specs.NetworkNamespace {
+			return fmt.Errorf("linux.namespaces: joining the %s namespace at %s is not supported", ns.Type, ns.Path)
+		}
+	}
 	return nil
 }
 

@@ -64,6 +64,8 @@ func TestLoadBundleRejectsBadInput(t *testing.T) {
 	relCwd.Process.Cwd = "tmp"
 	missingRoot := DefaultSpec()
 	missingRoot.Root.Path = "nowhere"
+	joinsPID := DefaultSpec()
+	joinsPID.Linux.Namespaces[0] = specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"}
 	for name, tc := range map[string]struct {
 		spec any
 		want string
@@ -73,6 +75,7 @@ func TestLoadBundleRejectsBadInput(t *testing.T) {
 		"no args":      {noArgs, "process.args"},
 		"relative cwd": {relCwd, "process.cwd"},
 		"missing root": {missingRoot, "root.path"},
+		"joins pid ns": {joinsPID, "not supported"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := LoadBundle(writeBundle(t, tc.spec))
@@ -90,7 +93,7 @@ func TestGuestSpecRewritesHostPaths(t *testing.T) {
 	spec := DefaultSpec()
 	spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/usr/bin/hook"}}}
 	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "ro"}})
-	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/42/ns/user"})
+	spec.Linux.Namespaces[1] = specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/var/run/netns/x"}
 	last := len(spec.Mounts) - 1
 
 	if _, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", nil); err == nil {

@@ -118,6 +118,10 @@ func (c *Config) Args() ([]string, error) {
 		// A guest reboot or triple fault then makes QEMU exit, which is how
 		// the guest powers off; restarting a sandbox is the runtime's call.
 		"-no-reboot",
+		// QEMU's seccomp filter: a guest that escapes into QEMU through a
+		// device-emulation bug still cannot exec, gain privileges or change
+		// resource limits.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		// -kernel, -initrd and -append are plain strings to QEMU, not option
 		// lists, so their commas must not be doubled.
 		"-kernel", c.Kernel,

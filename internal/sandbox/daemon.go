@@ -99,8 +99,15 @@ func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteC
 		d.cleanup()
 		return err
 	}
-	fmt.Fprintln(ready, "ok")
+	// The parent gone (killed, or interrupted while the guest booted) means
+	// nobody will ever use this sandbox: end it rather than serve forever.
+	_, err = fmt.Fprintln(ready, "ok")
 	ready.Close()
+	if err != nil {
+		d.log.Warn("the sandbox's creator is gone; ending the sandbox", "err", err)
+		d.cleanup()
+		return err
+	}
 	go d.watchVM()
 	go func() { _ = control.Serve(d.listener, d.handle) }()
 	<-d.stopped
@@ -303,6 +310,7 @@ func (d *Daemon) waitExit(c *containerRecord, execID string, p *procRecord, copi
 	if err != nil {
 		// The VM went away; watchVM reports the exit.
 		copies.abort()
+		closeFiles(p.stdio)
 		return
 	}
 	copies.wait()
@@ -427,7 +435,10 @@ func (d *Daemon) pause(req *control.Request, freeze bool) (*control.Reply, error
 		return nil, agentError(err)
 	}
 	return &control.Reply{}, d.store.Update(c.id, func(st *state.State) error {
-		st.Status = next
+		// The process may have exited meanwhile; stopped is final.
+		if st.Status != state.Stopped {
+			st.Status = next
+		}
 		return nil
 	})
 }
@@ -567,6 +578,9 @@ func (d *Daemon) cleanup() {
 		unshareContainer(filepath.Join(d.dir, SharedDir), id)
 	}
 	d.mu.Unlock()
+	// The VM's teardown detached the share; this catches a boot that failed
+	// before there was a VM.
+	unmountShareRoot(filepath.Join(d.dir, SharedDir))
 	if err := d.store.Remove(d.id); err != nil {
 		d.log.Error("removing state", "err", err)
 	}

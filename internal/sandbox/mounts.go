@@ -29,7 +29,7 @@ func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, err
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		return nil, fmt.Errorf("sharing rootfs: %w", err)
 	}
-	if err := bindMount(bundle.Rootfs, rootfs, bundle.Spec.Root.Readonly); err != nil {
+	if err := bindMount(bundle.Rootfs, rootfs, true, bundle.Spec.Root.Readonly); err != nil {
 		return nil, fmt.Errorf("sharing rootfs: %w", err)
 	}
 	guestBase := filepath.Join(channel.GuestSharedDir, id)
@@ -59,7 +59,7 @@ func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, err
 		if err != nil {
 			return nil, fmt.Errorf("mounts[%d] (%s): %w", i, m.Destination, err)
 		}
-		if err := bindMount(source, target, readOnly(m)); err != nil {
+		if err := bindMount(source, target, recursive(m), readOnly(m)); err != nil {
 			return nil, fmt.Errorf("mounts[%d] (%s): %w", i, m.Destination, err)
 		}
 		files.guestSources[i] = filepath.Join(guestBase, "mounts", name)
@@ -67,30 +67,61 @@ func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, err
 	return files, nil
 }
 
-func readOnly(m specs.Mount) bool {
+func readOnly(m specs.Mount) bool { return hasOption(m, "ro") }
+
+// recursive says whether a bind mount takes the source's submounts along:
+// "rbind" does, "bind" does not.
+func recursive(m specs.Mount) bool { return hasOption(m, "rbind") }
+
+func hasOption(m specs.Mount, option string) bool {
 	for _, o := range m.Options {
-		if o == "ro" {
+		if o == option {
 			return true
 		}
 	}
 	return false
 }
 
-// bindMount binds source at target; read-only also on the host side, so a
-// guest that remounts its view cannot write through the share.
-func bindMount(source, target string, ro bool) error {
-	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+// bindMount binds source at target; read-only also on the host side, with
+// every submount, so that a guest root that remounts its own view still
+// cannot write through the share.
+func bindMount(source, target string, rec, ro bool) error {
+	flags := uintptr(unix.MS_BIND)
+	if rec {
+		flags |= unix.MS_REC
+	}
+	if err := unix.Mount(source, target, "", flags, ""); err != nil {
 		return fmt.Errorf("bind-mounting %s: %w", source, err)
 	}
 	if err := unix.Mount("", target, "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("making %s a slave mount: %w", target, err)
 	}
 	if ro {
-		if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, attr); err != nil {
 			return fmt.Errorf("making %s read-only: %w", target, err)
 		}
 	}
 	return nil
+}
+
+// shareRootSize bounds the tmpfs under the share: it holds only the mount
+// points, so a guest cannot fill the host's /run through it.
+const shareRootSize = "1m"
+
+// mountShareRoot puts a small tmpfs on the shared directory, in the daemon's
+// mount namespace; everything shared is mounted on top of it.
+func mountShareRoot(dir string) error {
+	if err := unix.Mount("husk-shared", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711,size="+shareRootSize); err != nil {
+		return fmt.Errorf("mounting the shared directory: %w", err)
+	}
+	return nil
+}
+
+// unmountShareRoot detaches the share with everything mounted under it, so
+// that removing the state directory afterwards cannot reach through it.
+func unmountShareRoot(dir string) {
+	_ = unix.Unmount(dir, unix.MNT_DETACH)
 }
 
 // unshareContainer undoes shareContainer. It removes only empty directories

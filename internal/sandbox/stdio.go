@@ -91,6 +91,9 @@ func (d *Daemon) connectStdio(containerID, execID string, req *control.Request, 
 			go func() {
 				defer copies.output.Done()
 				_, _ = io.Copy(out, stream)
+				// At the end of the output, or when the caller stopped
+				// reading: either way the agent learns it from the close.
+				_ = stream.Close()
 			}()
 		}
 	}

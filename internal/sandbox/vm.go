@@ -47,6 +47,8 @@ type VM struct {
 	exited  chan struct{}
 	exitErr error
 
+	sharedDir string // the share's root, a tmpfs mounted by StartVM
+
 	// Boot timings: QEMU started, agent connected; and the agent's own view.
 	Started, Ready time.Time
 	Guest          *agentapi.PingResponse
@@ -107,8 +109,12 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(opts.Dir, SharedDir), 0o711); err != nil {
+	sharedDir := filepath.Join(opts.Dir, SharedDir)
+	if err := os.MkdirAll(sharedDir, 0o711); err != nil {
 		return nil, fmt.Errorf("creating the shared directory: %w", err)
+	}
+	if err := mountShareRoot(sharedDir); err != nil {
+		return nil, err
 	}
 	qcfg := vmConfig(opts, accel)
 	args, err := qcfg.Args()
@@ -134,7 +140,7 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	}
 	defer logFile.Close()
 
-	vm := &VM{Accel: accel, exited: make(chan struct{})}
+	vm := &VM{Accel: accel, exited: make(chan struct{}), sharedDir: sharedDir}
 	vm.cmd = exec.Command(cfg.Hypervisor.Path, args...)
 	vm.cmd.Stdout, vm.cmd.Stderr = logFile, logFile
 	// QEMU must never outlive the daemon: the kernel kills it when the
@@ -196,6 +202,7 @@ func (vm *VM) connect(agentL, qmpL *net.UnixListener, deadline time.Time) error 
 	if err != nil {
 		return fmt.Errorf("qemu's monitor: %w", err)
 	}
+	_ = qmpConn.SetDeadline(deadline)
 	if vm.qmp, err = qemu.NewQMP(qmpConn); err != nil {
 		return fmt.Errorf("qemu's monitor: %w", err)
 	}
@@ -334,6 +341,7 @@ func (vm *VM) Kill() {
 }
 
 func (vm *VM) closeConns() {
+	unmountShareRoot(vm.sharedDir)
 	if vm.ttrpc != nil {
 		vm.ttrpc.Close()
 	}

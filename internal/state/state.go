@@ -226,11 +226,15 @@ func (p Process) Alive() bool {
 	if p.PID <= 0 {
 		return false
 	}
+	// Without a start time the PID alone could name a stranger that reused it.
+	if p.StartTime == 0 {
+		return false
+	}
 	start, err := startTime(p.PID)
 	if err != nil {
 		return false
 	}
-	return p.StartTime == 0 || start == p.StartTime
+	return start == p.StartTime
 }
 
 // startTime reads field 22 of /proc/PID/stat: the start time in clock ticks
