@@ -33,13 +33,10 @@ func newDaemonCommand(g *globals) *cobra.Command {
 		Hidden: true,
 		Args:   oneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ready := os.NewFile(readyFD, "ready")
-			if ready == nil {
-				return errors.New("no ready descriptor")
+			ready, err := readyFile()
+			if err != nil {
+				return err
 			}
-			// Inherited without close-on-exec: QEMU must not hold it, or the
-			// parent would wait for an end of file that never comes.
-			syscall.CloseOnExec(readyFD)
 			cfg, err := g.config()
 			if err != nil {
 				fmt.Fprintln(ready, err)
@@ -48,6 +45,19 @@ func newDaemonCommand(g *globals) *cobra.Command {
 			return sandbox.RunDaemon(g.store(), args[0], cfg, ready)
 		},
 	}
+}
+
+// readyFile is the inherited descriptor on which a child started by husk
+// reports "ok" or its error. It arrives without close-on-exec; it gets it
+// here, or QEMU would hold it and the parent would wait for an end of file
+// that never comes.
+func readyFile() (*os.File, error) {
+	syscall.CloseOnExec(readyFD)
+	f := os.NewFile(readyFD, "ready")
+	if f == nil {
+		return nil, errors.New("no ready descriptor")
+	}
+	return f, nil
 }
 
 // daemonHandle is a started daemon, as its parent sees it.

@@ -41,11 +41,10 @@ func newStandInCommand(g *globals) *cobra.Command {
 		Hidden: true,
 		Args:   oneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ready := os.NewFile(readyFD, "ready")
-			if ready == nil {
-				return errors.New("no ready descriptor")
+			ready, err := readyFile()
+			if err != nil {
+				return err
 			}
-			syscall.CloseOnExec(readyFD)
 			return standIn(g, args[0], o, ready)
 		},
 	}

@@ -395,22 +395,31 @@ func (d *Daemon) proc(containerID, execID string) (*containerRecord, *procRecord
 	return c, p, nil
 }
 
+// agentCall makes one agent request, bounded by requestTimeout, and
+// converts the agent's error at this edge.
+func agentCall(call func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if err := call(ctx); err != nil {
+		return agentError(err)
+	}
+	return nil
+}
+
 func (d *Daemon) ps(req *control.Request) (*control.Reply, error) {
 	c, err := d.lookup(req.Container)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	resp, err := d.vm.Agent.ListProcesses(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
-	if err != nil {
-		return nil, agentError(err)
-	}
 	reply := &control.Reply{PIDs: []int{}}
-	for _, pid := range resp.GetPids() {
-		reply.PIDs = append(reply.PIDs, int(pid))
-	}
-	return reply, nil
+	err = agentCall(func(ctx context.Context) error {
+		resp, err := d.vm.Agent.ListProcesses(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		for _, pid := range resp.GetPids() {
+			reply.PIDs = append(reply.PIDs, int(pid))
+		}
+		return err
+	})
+	return reply, err
 }
 
 // pause freezes (or thaws) every process of a container.
@@ -422,17 +431,19 @@ func (d *Daemon) pause(req *control.Request, freeze bool) (*control.Reply, error
 	if c.init.hasExited() {
 		return nil, &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
 	next := state.Running
-	if freeze {
-		_, err = d.vm.Agent.PauseContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
-		next = state.Paused
-	} else {
-		_, err = d.vm.Agent.ResumeContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
-	}
+	err = agentCall(func(ctx context.Context) error {
+		r := &agentapi.ContainerRequest{ContainerId: c.id}
+		if freeze {
+			next = state.Paused
+			_, err := d.vm.Agent.PauseContainer(ctx, r)
+			return err
+		}
+		_, err := d.vm.Agent.ResumeContainer(ctx, r)
+		return err
+	})
 	if err != nil {
-		return nil, agentError(err)
+		return nil, err
 	}
 	return &control.Reply{}, d.store.Update(c.id, func(st *state.State) error {
 		// The process may have exited meanwhile; stopped is final.
@@ -448,12 +459,10 @@ func (d *Daemon) update(req *control.Request) (*control.Reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	if _, err := d.vm.Agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.id, ResourcesJson: req.Resources}); err != nil {
-		return nil, agentError(err)
-	}
-	return &control.Reply{}, nil
+	return &control.Reply{}, agentCall(func(ctx context.Context) error {
+		_, err := d.vm.Agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.id, ResourcesJson: req.Resources})
+		return err
+	})
 }
 
 func (d *Daemon) stats(req *control.Request) (*control.Reply, error) {
@@ -461,13 +470,13 @@ func (d *Daemon) stats(req *control.Request) (*control.Reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	resp, err := d.vm.Agent.StatsContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
-	if err != nil {
-		return nil, agentError(err)
-	}
-	return &control.Reply{Stats: resp.GetStatsJson()}, nil
+	reply := &control.Reply{}
+	err = agentCall(func(ctx context.Context) error {
+		resp, err := d.vm.Agent.StatsContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		reply.Stats = resp.GetStatsJson()
+		return err
+	})
+	return reply, err
 }
 
 func (d *Daemon) start(req *control.Request) (*control.Reply, error) {
@@ -475,10 +484,12 @@ func (d *Daemon) start(req *control.Request) (*control.Reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	if _, err := d.vm.Agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
-		return nil, agentError(err)
+	err = agentCall(func(ctx context.Context) error {
+		_, err := d.vm.Agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	err = d.store.Update(c.id, func(st *state.State) error {
 		if st.Status == state.Created {
@@ -506,27 +517,23 @@ func (d *Daemon) kill(req *control.Request) (*control.Reply, error) {
 	if p.hasExited() {
 		return nil, &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	_, err = d.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.id, ExecId: req.ExecID, Signal: uint32(req.Signal), All: req.All})
-	if err != nil {
-		return nil, agentError(err)
-	}
-	return &control.Reply{}, nil
+	return &control.Reply{}, agentCall(func(ctx context.Context) error {
+		_, err := d.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{
+			ContainerId: c.id, ExecId: req.ExecID, Signal: uint32(req.Signal), All: req.All})
+		return err
+	})
 }
 
 func (d *Daemon) resize(req *control.Request) (*control.Reply, error) {
-	c, err := d.lookup(req.Container)
+	c, _, err := d.proc(req.Container, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	_, err = d.vm.Agent.ResizeTerminal(ctx, &agentapi.ResizeTerminalRequest{ContainerId: c.id, ExecId: req.ExecID, Rows: uint32(req.Rows), Cols: uint32(req.Cols)})
-	if err != nil {
-		return nil, agentError(err)
-	}
-	return &control.Reply{}, nil
+	return &control.Reply{}, agentCall(func(ctx context.Context) error {
+		_, err := d.vm.Agent.ResizeTerminal(ctx, &agentapi.ResizeTerminalRequest{
+			ContainerId: c.id, ExecId: req.ExecID, Rows: uint32(req.Rows), Cols: uint32(req.Cols)})
+		return err
+	})
 }
 
 // shutdown ends the sandbox: it replies, then powers the guest off, removes

@@ -248,33 +248,24 @@ func (vm *VM) exitError() error {
 
 // accept waits for QEMU to connect to l, for QEMU to exit, or for timeout.
 func (vm *VM) accept(l *net.UnixListener, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan result, 1)
 	_ = l.SetDeadline(time.Now().Add(timeout))
-	go func() {
-		c, err := l.Accept()
-		ch <- result{c, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.conn, r.err
-	case <-vm.exited:
-		return nil, vm.exitError()
-	}
+	return vm.awaitConn(l.Accept, timeout)
 }
 
 // acceptStream waits for the agent to open its control stream.
 func (vm *VM) acceptStream(timeout time.Duration) (net.Conn, error) {
+	return vm.awaitConn(vm.session.Accept, timeout)
+}
+
+// awaitConn runs accept until it returns, QEMU exits, or timeout passes.
+func (vm *VM) awaitConn(accept func() (net.Conn, error), timeout time.Duration) (net.Conn, error) {
 	type result struct {
 		conn net.Conn
 		err  error
 	}
 	ch := make(chan result, 1)
 	go func() {
-		c, err := vm.session.Accept()
+		c, err := accept()
 		ch <- result{c, err}
 	}()
 	select {
@@ -283,7 +274,7 @@ func (vm *VM) acceptStream(timeout time.Duration) (net.Conn, error) {
 	case <-vm.exited:
 		return nil, vm.exitError()
 	case <-time.After(timeout):
-		return nil, errors.New("the agent did not connect")
+		return nil, errors.New("timed out waiting for a connection from the guest")
 	}
 }
 

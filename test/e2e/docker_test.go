@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"strings"
@@ -36,22 +35,7 @@ func (d *dockerEnv) command(args ...string) *exec.Cmd {
 
 func (d *dockerEnv) run(stdin string, args ...string) result {
 	d.t.Helper()
-	cmd := d.command(args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	err := cmd.Run()
-	status := 0
-	if err != nil {
-		exitErr, ok := err.(*exec.ExitError)
-		if !ok {
-			d.t.Fatalf("docker %v: %v", args, err)
-		}
-		status = exitErr.ExitCode()
-	}
-	return result{stdout.String(), stderr.String(), status}
+	return runCommand(d.t, d.command(args...), stdin)
 }
 
 func (d *dockerEnv) mustRun(args ...string) string {

@@ -95,7 +95,12 @@ type result struct {
 
 func (e *env) run(stdin string, args ...string) result {
 	e.t.Helper()
-	cmd := e.command(args...)
+	return runCommand(e.t, e.command(args...), stdin)
+}
+
+// runCommand runs cmd to the end with stdin and captures its output.
+func runCommand(t *testing.T, cmd *exec.Cmd, stdin string) result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if stdin != "" {
@@ -106,7 +111,7 @@ func (e *env) run(stdin string, args ...string) result {
 	if err != nil {
 		exitErr, ok := err.(*exec.ExitError)
 		if !ok {
-			e.t.Fatalf("husk %v: %v", args, err)
+			t.Fatalf("%v: %v", cmd.Args, err)
 		}
 		status = exitErr.ExitCode()
 	}

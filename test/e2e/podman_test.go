@@ -9,20 +9,7 @@ import (
 func podman(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
 	full := append([]string{"--runtime", huskBin, "--cgroup-manager=cgroupfs"}, args...)
-	cmd := exec.Command("podman", full...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	err := cmd.Run()
-	status := 0
-	if exitErr, ok := err.(*exec.ExitError); ok {
-		status = exitErr.ExitCode()
-	} else if err != nil {
-		t.Fatalf("podman %v: %v", args, err)
-	}
-	return result{out.String(), errb.String(), status}
+	return runCommand(t, exec.Command("podman", full...), stdin)
 }
 
 func TestPodman(t *testing.T) {
