@@ -8,7 +8,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/husk-runtime/husk/internal/version.Version=$(VERSION)
 GOFILES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: all deps binaries guest demo test unit e2e bench protos lint install uninstall clean
+.PHONY: all deps binaries guest demo test unit fuzz bench protos lint install uninstall clean
 
 all: binaries guest
 
@@ -50,6 +50,9 @@ test: all
 
 unit:
 	$(GO) test ./...
+
+fuzz:
+	FUZZTIME=$${FUZZTIME:-5m} ./scripts/fuzz.sh
 
 bench: all $(BUILD)/bundle/config.json
 	./scripts/bench.sh

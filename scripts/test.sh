@@ -14,6 +14,9 @@ if ! command -v staticcheck >/dev/null; then
 fi
 if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck: not available, skipped" >&2; fi
 
+echo "== fuzz targets, briefly (make fuzz runs them longer)"
+FUZZTIME=${FUZZTIME:-10s} ./scripts/fuzz.sh
+
 echo "== services for the end-to-end tests (containerd, a private dockerd with husk, images)"
 eval "export $(./scripts/start-services.sh | grep '^HUSK_TEST_DOCKER_HOST=')"
 
