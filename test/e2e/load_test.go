@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+func TestParallelRuns(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "sh", "-c", "echo hello $0", "parallel")
+	const n = 20
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i] = runCommand(t, e.command("run", "--bundle", b, e.id()), "")
+		}(i)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.status != 0 || r.stdout != "hello parallel\n" {
+			t.Errorf("run %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestParallelDockerRuns(t *testing.T) {
+	d := newDockerEnv(t)
+	const n = 20
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i] = d.run("", "run", "--rm", "--runtime", "husk", "busybox:local", "echo", fmt.Sprint("n", i))
+		}(i)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.status != 0 || r.stdout != fmt.Sprintf("n%d\n", i) {
+			t.Errorf("docker run %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
+		}
+	}
+}
+
+// cycles is how many create/start/delete cycles TestManyCycles runs: 300,
+// or 20 with -short.
+func cycles() int {
+	if testing.Short() {
+		return 20
+	}
+	return 300
+}
+
+// TestManyCycles runs many whole lifecycles in a row: each must succeed and
+// leave nothing behind (the leak check runs at the end), and the CLI's peak
+// memory must not grow from the first cycles to the last.
+func TestManyCycles(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "true")
+	n := cycles()
+	var peaks []int64
+	for i := 0; i < n; i++ {
+		id := e.id()
+		cmd := e.command("run", "--bundle", b, id)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("cycle %d: %v %s", i, err, out)
+		}
+		peaks = append(peaks, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)
+	}
+	first, last := medianOf(peaks[:10]), medianOf(peaks[len(peaks)-10:])
+	// A run waits for its daemon, which waits for QEMU: the peak covers all three.
+	t.Logf("%d cycles; peak RSS of husk run and what it waited for, median: first 10 %d KiB, last 10 %d KiB", n, first, last)
+	if last > first+first/5 {
+		t.Errorf("peak RSS grew from %d KiB to %d KiB", first, last)
+	}
+}
+
+func medianOf(v []int64) int64 {
+	s := append([]int64(nil), v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// processFootprint reads a process's open descriptors and resident memory.
+func processFootprint(t *testing.T, pid int) (fds int, rssKiB int) {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			rssKiB, _ = strconv.Atoi(strings.Fields(line)[1])
+		}
+	}
+	return len(entries), rssKiB
+}
+
+// TestManyExecsDaemonDoesNotGrow: the long-lived daemon must hand back every
+// descriptor and goroutine an exec used.
+func TestManyExecsDaemonDoesNotGrow(t *testing.T) {
+	e := newEnv(t)
+	id := e.id()
+	e.create(id)
+	e.start(id)
+	daemon, _ := e.sandboxPIDs(id)
+	n := cycles()
+	var fdsAt, rssAt [2]int
+	for i := 0; i < n; i++ {
+		if r := e.run("in\n", "exec", id, "cat"); r.status != 0 || r.stdout != "in\n" {
+			t.Fatalf("exec %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
+		}
+		if i == 9 {
+			fdsAt[0], rssAt[0] = processFootprint(t, daemon)
+		}
+	}
+	fdsAt[1], rssAt[1] = processFootprint(t, daemon)
+	t.Logf("%d execs; daemon fds %d → %d, RSS %d → %d KiB", n, fdsAt[0], fdsAt[1], rssAt[0], rssAt[1])
+	if fdsAt[1] > fdsAt[0] {
+		t.Errorf("daemon descriptors grew from %d to %d", fdsAt[0], fdsAt[1])
+	}
+	if rssAt[1] > rssAt[0]+8*1024 {
+		t.Errorf("daemon RSS grew from %d KiB to %d KiB", rssAt[0], rssAt[1])
+	}
+}
