@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,4 +128,77 @@ func TestCreateKilledHalfway(t *testing.T) {
 	if r := e.run("", "delete", "--force", id); r.status != 0 {
 		t.Fatalf("delete --force: %d %q", r.status, r.stderr)
 	}
+}
+
+// noPIDNamespace removes the container's PID namespace, so that it shares
+// the guest's and can reach the agent.
+func noPIDNamespace(s *specs.Spec) {
+	var kept []specs.LinuxNamespace
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type != specs.PIDNamespace {
+			kept = append(kept, ns)
+		}
+	}
+	s.Linux.Namespaces = kept
+}
+
+// TestAgentCrash: a container that shares the guest's PID namespace, as
+// root, crashes the agent (PID 1), so the guest kernel panics and QEMU
+// exits. The container is reported stopped (137) and delete cleans up.
+func TestAgentCrash(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	id := e.id()
+	b := e.bundle(func(s *specs.Spec) {
+		noPIDNamespace(s)
+		s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_KILL")
+	}, "sh", "-c", "echo started; sleep 0.5; kill -SEGV 1; sleep 600")
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	cmd := e.command("create", "--bundle", b, "--pid-file", pidFile, id)
+	devnull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	defer devnull.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() { e.run("", "delete", "--force", id) })
+	data, _ := os.ReadFile(pidFile)
+	standIn, _ := strconv.Atoi(string(data))
+	_, qemu := e.sandboxPIDs(id)
+	e.mustRun("start", id)
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in exit status %d, want 137", status)
+	}
+	waitFor(t, "QEMU to exit after the guest panicked", func() bool { return !processAlive(qemu) })
+	if status, _ := e.state(id); status != "stopped" {
+		t.Fatalf("state after the agent crashed: %s", status)
+	}
+	e.mustRun("delete", id)
+}
+
+// TestStateRootFull: with no space left in the state root, create fails with
+// a clear error and leaves nothing behind.
+func TestStateRootFull(t *testing.T) {
+	e := newEnv(t)
+	root := filepath.Join(e.root, "state")
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs: %v", err)
+	}
+	defer unix.Unmount(root, unix.MNT_DETACH)
+	filler, _ := os.Create(filepath.Join(root, "filler"))
+	_, _ = filler.Write(make([]byte, 128<<10))
+	filler.Close()
+	b := e.bundle(nil, "true")
+	id := e.id()
+	r := e.run("", "run", "--bundle", b, id)
+	if r.status != 1 || !strings.Contains(r.stderr, "no space left") {
+		t.Fatalf("status %d, stderr %q", r.status, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(root, id)); err == nil {
+		t.Fatal("state directory left behind")
+	}
+	os.Remove(filepath.Join(root, "filler"))
 }

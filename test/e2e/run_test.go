@@ -49,15 +49,6 @@ func TestRunExitStatus(t *testing.T) {
 	e := newEnv(t)
 	// Without a PID namespace of its own the shell is not an init process,
 	// which ignores signals it has no handler for, so it can kill itself.
-	noPIDNamespace := func(s *specs.Spec) {
-		var kept []specs.LinuxNamespace
-		for _, ns := range s.Linux.Namespaces {
-			if ns.Type != specs.PIDNamespace {
-				kept = append(kept, ns)
-			}
-		}
-		s.Linux.Namespaces = kept
-	}
 	for script, want := range map[string]int{
 		"exit 0":      0,
 		"exit 3":      3,
