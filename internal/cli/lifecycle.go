@@ -344,7 +344,7 @@ func execProcess(g *globals, id string, args []string, f *execFlags) error {
 	if err := writePIDFile(f.pidFile, os.Getpid()); err != nil {
 		return err
 	}
-	reply, err := call(g, id, &control.Request{Op: control.OpWait, ExecID: execID}, nil, 0)
+	reply, err := call(g, id, &control.Request{Op: control.OpWait, ExecID: execID, StandIn: true}, nil, 0)
 	if err != nil {
 		return execFailed(err)
 	}

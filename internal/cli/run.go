@@ -255,7 +255,7 @@ func runContainer(g *globals, id string, f *createFlags) (retErr error) {
 	if _, err := call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout); err != nil {
 		return err
 	}
-	reply, err := call(g, id, &control.Request{Op: control.OpWait}, nil, 0)
+	reply, err := call(g, id, &control.Request{Op: control.OpWait, StandIn: true}, nil, 0)
 	if err != nil {
 		return err
 	}

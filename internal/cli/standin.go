@@ -88,7 +88,7 @@ func standIn(g *globals, id string, o standInOptions, ready *os.File) error {
 	ready.Close()
 	// The daemon holds its own copies of the stdio now; this process keeps
 	// its copies until the process exits, as the process itself would.
-	reply, err := call(g, id, &control.Request{Op: control.OpWait, ExecID: o.execID}, nil, 0)
+	reply, err := call(g, id, &control.Request{Op: control.OpWait, ExecID: o.execID, StandIn: true}, nil, 0)
 	if err != nil {
 		// The daemon is gone, and the VM with it: as if killed.
 		return &ExitError{Status: 128 + int(unix.SIGKILL)}

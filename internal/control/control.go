@@ -65,6 +65,10 @@ type Request struct {
 	All    bool `json:"all,omitempty"`
 	// shutdown
 	Force bool `json:"force,omitempty"`
+	// wait: the caller stands in for the process, so its going away (killed)
+	// must end the process too, as the caller's death reads as the
+	// process's to whoever waits on the caller.
+	StandIn bool `json:"stand_in,omitempty"`
 }
 
 // Error codes a reply may carry, for callers that must tell errors apart.
@@ -143,8 +147,9 @@ func Call(socket string, req *Request, files []*os.File, timeout time.Duration) 
 }
 
 // Handler serves one request; files are the descriptors it carried, which
-// the handler owns. A returned *Error keeps its code.
-type Handler func(req *Request, files []*os.File) (*Reply, error)
+// the handler owns; gone is closed if the caller hangs up before the reply.
+// A returned *Error keeps its code.
+type Handler func(req *Request, files []*os.File, gone <-chan struct{}) (*Reply, error)
 
 // Serve accepts connections on l until it is closed, each request in its own
 // goroutine.
@@ -188,7 +193,15 @@ func serveConn(conn *net.UnixConn, handle Handler) {
 		closeAll(files)
 		reply = errorReply(&Error{Code: CodeInvalid, Message: "malformed request"})
 	default:
-		r, err := handle(&req, files)
+		gone := make(chan struct{})
+		go func() {
+			// The caller sends nothing after its request: a read that
+			// returns means it hung up (or the reply was sent and the
+			// connection closed, when nobody is listening any more).
+			_, _ = conn.Read(make([]byte, 1))
+			close(gone)
+		}()
+		r, err := handle(&req, files, gone)
 		if err != nil {
 			reply = errorReply(err)
 		} else {

@@ -15,7 +15,7 @@ func TestCallPassesFilesAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go Serve(l, func(req *Request, files []*os.File) (*Reply, error) {
+	go Serve(l, func(req *Request, files []*os.File, gone <-chan struct{}) (*Reply, error) {
 		switch req.Op {
 		case OpCreate:
 			if len(files) != 1 {

@@ -171,7 +171,7 @@ func (d *Daemon) saveExit(c *containerRecord) {
 	}
 }
 
-func (d *Daemon) handle(req *control.Request, files []*os.File) (*control.Reply, error) {
+func (d *Daemon) handle(req *control.Request, files []*os.File, gone <-chan struct{}) (*control.Reply, error) {
 	switch req.Op {
 	case control.OpCreate:
 		return d.create(req, files)
@@ -185,7 +185,7 @@ func (d *Daemon) handle(req *control.Request, files []*os.File) (*control.Reply,
 	case control.OpStart:
 		return d.start(req)
 	case control.OpWait:
-		return d.wait(req)
+		return d.wait(req, gone)
 	case control.OpKill:
 		return d.kill(req)
 	case control.OpResize:
@@ -500,12 +500,26 @@ func (d *Daemon) start(req *control.Request) (*control.Reply, error) {
 	return &control.Reply{GuestPID: c.init.guestPID}, err
 }
 
-func (d *Daemon) wait(req *control.Request) (*control.Reply, error) {
-	_, p, err := d.proc(req.Container, req.ExecID)
+// wait replies when the process has exited. A stand-in that goes away first
+// (killed) takes its process with it: to its caller the process has died.
+func (d *Daemon) wait(req *control.Request, gone <-chan struct{}) (*control.Reply, error) {
+	c, p, err := d.proc(req.Container, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	<-p.exited
+	select {
+	case <-p.exited:
+	case <-gone:
+		if req.StandIn && !p.hasExited() {
+			d.log.Warn("stand-in gone; killing its process", "container", c.id, "exec", req.ExecID)
+			_ = agentCall(func(ctx context.Context) error {
+				_, err := d.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{
+					ContainerId: c.id, ExecId: req.ExecID, Signal: 9})
+				return err
+			})
+		}
+		return nil, errors.New("the waiter went away")
+	}
 	return &control.Reply{ExitStatus: p.exitStatus}, nil
 }
 

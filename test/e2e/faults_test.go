@@ -202,3 +202,24 @@ func TestStateRootFull(t *testing.T) {
 	}
 	os.Remove(filepath.Join(root, "filler"))
 }
+
+// TestStandInKilled: to its caller the stand-in is the container's process,
+// so when it is killed the process ends too, and delete cleans up.
+func TestStandInKilled(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	id := e.id()
+	standIn := e.create(id)
+	e.start(id)
+	if err := syscall.Kill(standIn, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in status %d", status)
+	}
+	waitFor(t, "the container to stop with its stand-in", func() bool {
+		status, _ := e.state(id)
+		return status == "stopped"
+	})
+	e.mustRun("delete", id)
+}
