@@ -2,6 +2,7 @@ package channel
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
@@ -17,7 +18,8 @@ func FuzzReadHeader(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := bytes.NewReader(append(data, "tail"...))
+		input := append(data, "payload"...)
+		r := bytes.NewReader(input)
 		h, err := ReadHeader(r)
 		if err != nil {
 			return
@@ -25,8 +27,11 @@ func FuzzReadHeader(f *testing.F) {
 		if h.GetContainerId() == "" || h.GetKind() == agentapi.StreamHeader_UNKNOWN {
 			t.Fatalf("accepted an invalid header %v", h)
 		}
-		if r.Len() < len("tail") {
-			t.Fatalf("read %d bytes past the header", len("tail")-r.Len())
+		// Exactly the length prefix and the length it names are consumed;
+		// the stream's payload starts right after.
+		size, n := binary.Uvarint(input)
+		if consumed := len(input) - r.Len(); uint64(consumed) != uint64(n)+size {
+			t.Fatalf("consumed %d bytes, the header is %d", consumed, uint64(n)+size)
 		}
 	})
 }
