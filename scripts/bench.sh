@@ -36,8 +36,18 @@ sed -i 's|"sh", "-c", "echo hello from husk; uname -r"|"sleep", "3600"|' "$out/b
 $husk delete --force bench-exec 2>/dev/null || true
 $husk run -d --bundle "$out/bundle-sleep" bench-exec </dev/null >/dev/null 2>&1
 hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/exec-true.json" -n "husk exec" "$husk exec bench-exec true"
-$husk delete --force bench-exec
 summarize "$out/exec-true.json"
+
+echo "== memory: PSS of one idle sandbox (busybox sleep inside), after it settled"
+sleep 10
+pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+qemu_pid=$(pgrep -f -- "-name sandbox-bench-exec ")
+daemon_pid=$(pgrep -f -- "sandbox-daemon bench-exec\$")
+standin_pid=$(pgrep -f -- "stand-in bench-exec ")
+q=$(pss "$qemu_pid"); d=$(pss "$daemon_pid"); si=$(pss "$standin_pid")
+echo "qemu ${q} KiB, daemon ${d} KiB, stand-in ${si} KiB, total $((q + d + si)) KiB"
+awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6} /^Rss:/ && $2 > 4096 {print "  qemu mapping:", $2, "KiB", (name == "" ? "(anonymous: guest RAM or TCG cache)" : name)}' "/proc/$qemu_pid/smaps"
+$husk delete --force bench-exec
 
 echo "== docker run --rm true: husk against runc"
 eval "export $("$top/scripts/start-services.sh" | grep '^HUSK_TEST_DOCKER_HOST=')"
