@@ -152,9 +152,9 @@ func (d *Daemon) watchVM() {
 		}
 		if !c.init.hasExited() {
 			c.init.exitStatus = exitStatusVMGone
+			d.saveExit(c)
 			close(c.init.exited)
 			d.log.Warn("guest exited under a running container", "container", c.id)
-			d.saveExit(c)
 		}
 	}
 }
@@ -321,10 +321,12 @@ func (d *Daemon) waitExit(c *containerRecord, execID string, p *procRecord, copi
 		return
 	}
 	p.exitStatus = int(resp.GetExitStatus())
-	close(p.exited)
+	// Stopped is on disk before any waiter is released: a stand-in exits
+	// as its wait returns, and its caller's next step is often delete.
 	if execID == "" {
 		d.saveExit(c)
 	}
+	close(p.exited)
 	d.log.Info("process exited", "container", c.id, "exec", execID, "status", p.exitStatus)
 }
 

@@ -64,3 +64,22 @@ func TestExecLeavesCallerStdinAlone(t *testing.T) {
 		t.Fatalf("the caller's stdin was read by someone else: got back %q", buf[:max(n, 0)])
 	}
 }
+
+// As soon as the stand-in has exited, the container reads stopped and a
+// plain delete succeeds: containerd's shim deletes the moment it has reaped
+// the stand-in (a race once lost under load, leaving a VM behind).
+func TestDeleteRightAfterStandInExits(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	for i := 0; i < 5; i++ {
+		id := e.id()
+		standIn := e.create(id, "true")
+		e.mustRun("start", id)
+		if status := waitExitStatus(t, standIn); status != 0 {
+			t.Fatalf("stand-in status %d", status)
+		}
+		if r := e.run("", "delete", id); r.status != 0 {
+			t.Fatalf("delete right after exit: status %d, stderr %q", r.status, r.stderr)
+		}
+	}
+}
