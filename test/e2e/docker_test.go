@@ -23,6 +23,10 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 		t.Skip("HUSK_TEST_DOCKER_HOST is not set: run scripts/start-services.sh (make test does)")
 	}
 	d := &dockerEnv{t: t, host: host}
+	// Whatever the test ran, no sandbox of this dockerd may outlive it: the
+	// runtime root that containerd's shim gives husk names every process
+	// (daemon and stand-in command lines, QEMU's console path).
+	t.Cleanup(func() { checkNoSandbox(t, "/runtime-runc/") })
 	if r := d.run("", "info", "--format", "{{json .Runtimes}}"); r.status != 0 || !strings.Contains(r.stdout, "husk") {
 		t.Skipf("dockerd at %s has no husk runtime: %s %s", host, r.stdout, r.stderr)
 	}
