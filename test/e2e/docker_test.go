@@ -189,3 +189,19 @@ func TestDockerKillAndRemove(t *testing.T) {
 	defer checkNoSandbox(t, id2)
 	d.mustRun("rm", "-f", id2)
 }
+
+func TestDockerExecTerminal(t *testing.T) {
+	d := newDockerEnv(t)
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("needs script(1) from bsdutils for a pty")
+	}
+	id := d.mustRun("run", "--runtime", "husk", "-d", "busybox:local", "sleep", "600")
+	defer d.run("", "rm", "-f", id)
+	out, err := exec.Command("script", "-qec", "docker -H "+d.host+" exec -t "+id+" sh -c 'tty; echo exec-tty-ok'", "/dev/null").Output()
+	if err != nil {
+		t.Fatalf("docker exec -t: %v %q", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "exec-tty-ok") {
+		t.Fatalf("no terminal in the exec'd process: %q", out)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,21 +148,10 @@ func TestAgentCrash(t *testing.T) {
 	e := newEnv(t)
 	reapStandIns(t)
 	id := e.id()
-	b := e.bundle(func(s *specs.Spec) {
+	standIn := e.createWith(id, func(s *specs.Spec) {
 		noPIDNamespace(s)
 		s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_KILL")
 	}, "sh", "-c", "echo started; sleep 0.5; kill -SEGV 1; sleep 600")
-	pidFile := filepath.Join(t.TempDir(), "pid")
-	cmd := e.command("create", "--bundle", b, "--pid-file", pidFile, id)
-	devnull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	defer devnull.Close()
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("create: %v", err)
-	}
-	t.Cleanup(func() { e.run("", "delete", "--force", id) })
-	data, _ := os.ReadFile(pidFile)
-	standIn, _ := strconv.Atoi(string(data))
 	_, qemu := e.sandboxPIDs(id)
 	e.mustRun("start", id)
 	if status := waitExitStatus(t, standIn); status != 137 {

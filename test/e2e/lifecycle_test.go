@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,14 +39,20 @@ func (e *env) mustRun(args ...string) result {
 	return r
 }
 
-// create makes a container running a long-lived shell loop and returns its
-// stand-in's PID; the test deletes it at the end.
+// create makes a container running a long-lived shell loop (or args) and
+// returns its stand-in's PID; the test deletes it at the end.
 func (e *env) create(id string, args ...string) int {
+	e.t.Helper()
+	return e.createWith(id, nil, args...)
+}
+
+// createWith is create with the bundle's spec changed by edit.
+func (e *env) createWith(id string, edit func(*specs.Spec), args ...string) int {
 	e.t.Helper()
 	if len(args) == 0 {
 		args = []string{"sh", "-c", "trap 'exit 7' TERM; echo started; while true; do sleep 0.1; done"}
 	}
-	b := e.bundle(nil, args...)
+	b := e.bundle(edit, args...)
 	pidFile := filepath.Join(e.t.TempDir(), "pid")
 	cmd := e.command("create", "--bundle", b, "--pid-file", pidFile, id)
 	// The stand-in inherits create's stdio, as a container inherits runc
