@@ -205,3 +205,41 @@ func TestDockerExecTerminal(t *testing.T) {
 		t.Fatalf("no terminal in the exec'd process: %q", out)
 	}
 }
+
+// TestDockerVolumes: bind mounts reach the guest through the sandbox's share
+// in both directions, read-only where asked; tmpfs and /dev/shm sizes hold;
+// a symlink in a volume resolves inside the container, never on the host.
+func TestDockerVolumes(t *testing.T) {
+	d := newDockerEnv(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/in.txt", []byte("from-host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/shadow", dir+"/shadow-link"); err != nil {
+		t.Fatal(err)
+	}
+	// Control: followed on the host, the link does reach a file starting "root".
+	if host, err := os.ReadFile(dir + "/shadow-link"); err != nil || !strings.HasPrefix(string(host), "root") {
+		t.Fatalf("control: the host's /etc/shadow through the link: %v", err)
+	}
+	file := t.TempDir() + "/config"
+	if err := os.WriteFile(file, []byte("cfg\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `cat /data/in.txt; echo from-container > /data/out.txt
+cat /etc/x; (echo changed > /etc/x) 2>/dev/null || echo ro-held
+cat /data/shadow-link 2>/dev/null | head -c 5 | grep -q root && echo HOST-SHADOW
+df -k /scratch /dev/shm | awk 'NR > 1 {print $2}'`
+	out := d.mustRun("run", "--rm", "--runtime", "husk", "-v", dir+":/data", "-v", file+":/etc/x:ro",
+		"--tmpfs", "/scratch:size=1m", "--shm-size", "8m", "busybox:local", "sh", "-c", script)
+	want := "from-host\ncfg\nro-held\n1024\n8192"
+	if out != want {
+		t.Fatalf("in the container:\n%s\nwant:\n%s", out, want)
+	}
+	if data, err := os.ReadFile(dir + "/out.txt"); err != nil || string(data) != "from-container\n" {
+		t.Fatalf("the container's write did not reach the host: %q %v", data, err)
+	}
+	if data, _ := os.ReadFile(file); string(data) != "cfg\n" {
+		t.Fatalf("read-only file changed: %q", data)
+	}
+}
