@@ -8,7 +8,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/husk-runtime/husk/internal/version.Version=$(VERSION)
 GOFILES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: all deps binaries guest demo test unit fuzz bench protos lint install uninstall clean
+.PHONY: all deps binaries guest docs demo test unit fuzz bench protos lint install uninstall deb clean
 
 all: binaries guest
 
@@ -36,6 +36,10 @@ $(BUILD)/vmlinux: guest/kernel/husk.config scripts/build-kernel.sh
 	./scripts/build-kernel.sh $@
 
 guest: $(BUILD)/vmlinux $(BUILD)/husk-initrd.img
+
+# Man pages and bash completion, generated from the command definitions.
+docs: $(GOFILES)
+	$(GO) run ./cmd/husk-gendocs -o $(BUILD)/docs
 
 # A busybox bundle, as a user would make one: rootfs from busybox-static,
 # config.json from `husk spec`.
@@ -67,14 +71,35 @@ lint:
 	$(GO) vet ./...
 	staticcheck ./...
 
-install: all
+SYSCONFDIR ?= /etc
+
+install: all docs
 	install -D -m 0755 $(BUILD)/husk $(DESTDIR)$(PREFIX)/bin/husk
 	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -D -m 0644 $(BUILD)/husk-initrd.img $(DESTDIR)$(PREFIX)/share/husk/husk-initrd.img
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0644 $(BUILD)/docs/man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -D -m 0644 $(BUILD)/docs/husk.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/husk
+	# A configuration the administrator edited is never overwritten.
+	test -e $(DESTDIR)$(SYSCONFDIR)/husk/configuration.toml || \
+		install -D -m 0644 config/configuration.toml $(DESTDIR)$(SYSCONFDIR)/husk/configuration.toml
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/husk $(DESTDIR)$(PREFIX)/share/husk/vmlinux $(DESTDIR)$(PREFIX)/share/husk/husk-initrd.img
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/husk.8 $(DESTDIR)$(PREFIX)/share/man/man8/husk-*.8
+	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/husk
 	-rmdir $(DESTDIR)$(PREFIX)/share/husk
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/husk/configuration.toml"
+
+# A Debian package of the same files, under /usr.
+deb: all docs
+	rm -rf $(BUILD)/deb
+	$(MAKE) install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr
+	install -d $(BUILD)/deb/DEBIAN
+	printf 'Package: husk\nVersion: 0.1.0+%s\nArchitecture: amd64\nMaintainer: husk developers\nDepends: qemu-system-x86, util-linux\nDescription: OCI runtime that runs each container in its own lightweight VM\n husk takes runc'"'"'s command line and bundles and runs the workload under\n its own guest kernel in a QEMU micro-VM.\n' \
+		"$$(echo $(VERSION) | tr -c 'a-zA-Z0-9.+~\n' '+')" > $(BUILD)/deb/DEBIAN/control
+	echo /etc/husk/configuration.toml > $(BUILD)/deb/DEBIAN/conffiles
+	dpkg-deb --root-owner-group --build $(BUILD)/deb $(BUILD)/husk.deb
 
 clean:
 	rm -rf $(BUILD)

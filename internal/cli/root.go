@@ -68,6 +68,9 @@ func Main(args []string) int {
 	return 1
 }
 
+// Command is husk's command tree, for generating its documentation.
+func Command() *cobra.Command { return newRoot(&globals{}) }
+
 func newRoot(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "husk",
@@ -106,6 +109,7 @@ func newRoot(g *globals) *cobra.Command {
 		newUpdateCommand(g),
 		newEventsCommand(g),
 		newFeaturesCommand(),
+		newEnvCommand(g),
 	)
 	return root
 }

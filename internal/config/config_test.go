@@ -95,3 +95,16 @@ func TestCheckAssetsNamesMissingKernel(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// The commented configuration that make install ships must load and change
+// nothing: it documents the defaults.
+func TestShippedConfigurationIsTheDefaults(t *testing.T) {
+	cfg, err := Load("../../config/configuration.toml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Source = ""
+	if got, want := *cfg, *Default(); got != want {
+		t.Fatalf("shipped configuration differs from the defaults:\n%+v\n%+v", got, want)
+	}
+}
