@@ -8,7 +8,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/husk-runtime/husk/internal/version.Version=$(VERSION)
 GOFILES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: all deps binaries guest docs demo test unit fuzz bench protos lint install uninstall deb clean
+.PHONY: all deps binaries guest docs diagram demo test unit fuzz bench protos lint install uninstall deb clean
 
 all: binaries guest
 
@@ -36,6 +36,11 @@ $(BUILD)/vmlinux: guest/kernel/husk.config scripts/build-kernel.sh
 	./scripts/build-kernel.sh $@
 
 guest: $(BUILD)/vmlinux $(BUILD)/husk-initrd.img
+
+# The architecture picture, rendered from its source (apt-get install graphviz).
+diagram: docs/architecture.png
+docs/architecture.png: docs/architecture.dot
+	dot -Tpng -Gdpi=110 -o $@ $<
 
 # Man pages and bash completion, generated from the command definitions.
 docs: $(GOFILES)
