@@ -11,20 +11,30 @@ import (
 	"testing"
 )
 
-func TestParallelRuns(t *testing.T) {
-	e := newEnv(t)
-	b := e.bundle(nil, "sh", "-c", "echo hello $0", "parallel")
-	const n = 20
+// parallelism is how many sandboxes the parallel tests start at once.
+const parallelism = 20
+
+// inParallel runs run(i) for i in [0, n) at once and returns the results.
+func inParallel(n int, run func(i int) result) []result {
 	var wg sync.WaitGroup
 	results := make([]result, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			results[i] = runCommand(t, e.command("run", "--bundle", b, e.id()), "")
+			results[i] = run(i)
 		}(i)
 	}
 	wg.Wait()
+	return results
+}
+
+func TestParallelRuns(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(nil, "sh", "-c", "echo hello $0", "parallel")
+	results := inParallel(parallelism, func(int) result {
+		return runCommand(t, e.command("run", "--bundle", b, e.id()), "")
+	})
 	for i, r := range results {
 		if r.status != 0 || r.stdout != "hello parallel\n" {
 			t.Errorf("run %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
@@ -34,17 +44,9 @@ func TestParallelRuns(t *testing.T) {
 
 func TestParallelDockerRuns(t *testing.T) {
 	d := newDockerEnv(t)
-	const n = 20
-	var wg sync.WaitGroup
-	results := make([]result, n)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			results[i] = d.run("", "run", "--rm", "--runtime", "husk", "busybox:local", "echo", fmt.Sprint("n", i))
-		}(i)
-	}
-	wg.Wait()
+	results := inParallel(parallelism, func(i int) result {
+		return d.run("", "run", "--rm", "--runtime", "husk", "busybox:local", "echo", fmt.Sprint("n", i))
+	})
 	for i, r := range results {
 		if r.status != 0 || r.stdout != fmt.Sprintf("n%d\n", i) {
 			t.Errorf("docker run %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
