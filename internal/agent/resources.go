@@ -10,60 +10,49 @@ func mergeResources(base, update *specs.LinuxResources) *specs.LinuxResources {
 		out = *base
 	}
 	if u := update.Memory; u != nil {
-		m := specs.LinuxMemory{}
-		if out.Memory != nil {
-			m = *out.Memory
-		}
-		if u.Limit != nil {
-			m.Limit = u.Limit
-		}
-		if u.Reservation != nil {
-			m.Reservation = u.Reservation
-		}
-		if u.Swap != nil {
-			m.Swap = u.Swap
-		}
-		if u.KernelTCP != nil {
-			m.KernelTCP = u.KernelTCP
-		}
-		out.Memory = &m
+		m := copyOf(out.Memory)
+		override(&m.Limit, u.Limit)
+		override(&m.Reservation, u.Reservation)
+		override(&m.Swap, u.Swap)
+		override(&m.KernelTCP, u.KernelTCP)
+		out.Memory = m
 	}
 	if u := update.CPU; u != nil {
-		c := specs.LinuxCPU{}
-		if out.CPU != nil {
-			c = *out.CPU
-		}
-		if u.Shares != nil {
-			c.Shares = u.Shares
-		}
-		if u.Quota != nil {
-			c.Quota = u.Quota
-		}
-		if u.Period != nil {
-			c.Period = u.Period
-		}
-		if u.RealtimeRuntime != nil {
-			c.RealtimeRuntime = u.RealtimeRuntime
-		}
-		if u.RealtimePeriod != nil {
-			c.RealtimePeriod = u.RealtimePeriod
-		}
+		c := copyOf(out.CPU)
+		override(&c.Shares, u.Shares)
+		override(&c.Quota, u.Quota)
+		override(&c.Period, u.Period)
+		override(&c.RealtimeRuntime, u.RealtimeRuntime)
+		override(&c.RealtimePeriod, u.RealtimePeriod)
 		if u.Cpus != "" {
 			c.Cpus = u.Cpus
 		}
 		if u.Mems != "" {
 			c.Mems = u.Mems
 		}
-		out.CPU = &c
+		out.CPU = c
 	}
-	if update.Pids != nil {
-		out.Pids = update.Pids
-	}
-	if update.BlockIO != nil {
-		out.BlockIO = update.BlockIO
-	}
+	override(&out.Pids, update.Pids)
+	override(&out.BlockIO, update.BlockIO)
 	if update.Unified != nil {
 		out.Unified = update.Unified
 	}
 	return &out
+}
+
+// copyOf returns a copy of *p, or a zero value when p is nil, so that a
+// merge never writes into the caller's structs.
+func copyOf[T any](p *T) *T {
+	var v T
+	if p != nil {
+		v = *p
+	}
+	return &v
+}
+
+// override sets *dst to src when the update sets it.
+func override[T any](dst **T, src *T) {
+	if src != nil {
+		*dst = src
+	}
 }
