@@ -62,43 +62,42 @@ func waitExitStatus(t *testing.T, pid int) int {
 	}
 }
 
-func TestQEMUKilled(t *testing.T) {
-	e := newEnv(t)
-	reapStandIns(t)
-	id := e.id()
-	standIn := e.create(id)
-	e.start(id)
-	_, qemu := e.sandboxPIDs(id)
-	if err := syscall.Kill(qemu, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+// TestHostProcessKilled: whichever host process of a running sandbox is
+// killed (QEMU, the daemon, the stand-in), callers waiting on the stand-in
+// see 137, the container reads stopped, and delete cleans everything.
+func TestHostProcessKilled(t *testing.T) {
+	for _, tc := range []struct {
+		victim   string
+		qemuDies bool // before delete
+		pick     func(standIn, daemon, qemu int) int
+	}{
+		{"qemu", true, func(_, _, qemu int) int { return qemu }},
+		{"daemon", true, func(_, daemon, _ int) int { return daemon }},
+		{"stand-in", false, func(standIn, _, _ int) int { return standIn }},
+	} {
+		t.Run(tc.victim, func(t *testing.T) {
+			e := newEnv(t)
+			reapStandIns(t)
+			id := e.id()
+			standIn := e.create(id)
+			e.start(id)
+			daemon, qemu := e.sandboxPIDs(id)
+			if err := syscall.Kill(tc.pick(standIn, daemon, qemu), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if status := waitExitStatus(t, standIn); status != 137 {
+				t.Fatalf("stand-in exit status %d, want 137", status)
+			}
+			if tc.qemuDies {
+				waitFor(t, "QEMU to be gone", func() bool { return !processAlive(qemu) })
+			}
+			waitFor(t, "the container to read stopped", func() bool {
+				status, _ := e.state(id)
+				return status == "stopped"
+			})
+			e.mustRun("delete", id)
+		})
 	}
-	if status := waitExitStatus(t, standIn); status != 137 {
-		t.Fatalf("stand-in exit status %d, want 137", status)
-	}
-	if status, _ := e.state(id); status != "stopped" {
-		t.Fatalf("state after QEMU died: %s", status)
-	}
-	e.mustRun("delete", id)
-}
-
-func TestDaemonKilled(t *testing.T) {
-	e := newEnv(t)
-	reapStandIns(t)
-	id := e.id()
-	standIn := e.create(id)
-	e.start(id)
-	daemon, qemu := e.sandboxPIDs(id)
-	if err := syscall.Kill(daemon, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "QEMU to die with its daemon", func() bool { return !processAlive(qemu) })
-	if status := waitExitStatus(t, standIn); status != 137 {
-		t.Fatalf("stand-in exit status %d, want 137", status)
-	}
-	if status, _ := e.state(id); status != "stopped" {
-		t.Fatalf("state after the daemon died: %s", status)
-	}
-	e.mustRun("delete", id)
 }
 
 func TestCreateKilledHalfway(t *testing.T) {
@@ -189,25 +188,4 @@ func TestStateRootFull(t *testing.T) {
 		t.Fatal("state directory left behind")
 	}
 	os.Remove(filepath.Join(root, "filler"))
-}
-
-// TestStandInKilled: to its caller the stand-in is the container's process,
-// so when it is killed the process ends too, and delete cleans up.
-func TestStandInKilled(t *testing.T) {
-	e := newEnv(t)
-	reapStandIns(t)
-	id := e.id()
-	standIn := e.create(id)
-	e.start(id)
-	if err := syscall.Kill(standIn, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if status := waitExitStatus(t, standIn); status != 137 {
-		t.Fatalf("stand-in status %d", status)
-	}
-	waitFor(t, "the container to stop with its stand-in", func() bool {
-		status, _ := e.state(id)
-		return status == "stopped"
-	})
-	e.mustRun("delete", id)
 }

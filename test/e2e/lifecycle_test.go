@@ -199,10 +199,15 @@ func TestStandInExitsWithContainerStatus(t *testing.T) {
 func TestKillSignalForms(t *testing.T) {
 	e := newEnv(t)
 	id := e.id()
-	pid := e.create(id, "sh", "-c", "trap 'echo' USR1; trap 'exit 0' HUP; echo started; while true; do sleep 0.1; done")
+	pid := e.create(id, "sh", "-c", "trap 'echo got-usr1' USR1; trap 'exit 0' HUP; echo started; while true; do sleep 0.1; done")
 	e.start(id)
-	for _, sig := range []string{"USR1", "SIGUSR1", "10"} {
+	// Each form of the name reaches the process: one line per signal.
+	for i, sig := range []string{"USR1", "SIGUSR1", "10"} {
 		e.mustRun("kill", id, sig)
+		waitFor(t, "the trap to run for "+sig, func() bool {
+			out, _ := os.ReadFile(filepath.Join(e.root, id+".stdout"))
+			return strings.Count(string(out), "got-usr1") == i+1
+		})
 	}
 	if !processAlive(pid) {
 		t.Fatal("container died of a trapped signal")
@@ -283,7 +288,12 @@ func TestExecPauseResumeEvents(t *testing.T) {
 	if ev.Type != "stats" || ev.ID != id || ev.Data.CPU.Usage.Total == 0 || ev.Data.Memory.Usage.Usage == 0 || ev.Data.Pids.Current == 0 {
 		t.Fatalf("stats event without figures: %s", r.stdout)
 	}
+	// The new limits reach the container's cgroup in the guest.
 	e.mustRun("update", "--pids-limit", "50", "--memory", "67108864", id)
+	r = e.mustRun("exec", id, "cat", "/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/memory.max")
+	if r.stdout != "50\n67108864\n" {
+		t.Fatalf("limits in the guest after update: %q", r.stdout)
+	}
 }
 
 func TestUnknownIDs(t *testing.T) {
