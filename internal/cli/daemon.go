@@ -148,9 +148,9 @@ func (h *daemonHandle) kill() {
 	<-h.exited
 }
 
-// waitDaemonGone waits until the daemon process has ended, whether or not
+// waitGone waits until a process (a daemon, QEMU) has ended, whether or not
 // it is this process's child.
-func waitDaemonGone(p state.Process, timeout time.Duration) bool {
+func waitGone(p state.Process, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for p.Alive() {
 		if time.Now().After(deadline) {

@@ -129,3 +129,13 @@ func newFeaturesCommand() *cobra.Command {
 		},
 	}
 }
+
+// sleepOr waits d unless stop closes first; it reports whether to go on.
+func sleepOr(d time.Duration, stop <-chan struct{}) bool {
+	select {
+	case <-time.After(d):
+		return true
+	case <-stop:
+		return false
+	}
+}

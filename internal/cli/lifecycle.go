@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
@@ -452,14 +451,4 @@ func newUpdateCommand(g *globals) *cobra.Command {
 	fl.Int64Var(&f.pidsLimit, "pids-limit", 0, "maximum number of processes")
 	fl.Uint16Var(&f.blkioWeight, "blkio-weight", 0, "block IO weight (10-1000)")
 	return cmd
-}
-
-// sleepOr waits d unless stop closes first; it reports whether to go on.
-func sleepOr(d time.Duration, stop <-chan struct{}) bool {
-	select {
-	case <-time.After(d):
-		return true
-	case <-stop:
-		return false
-	}
 }

@@ -320,7 +320,7 @@ func deleteSandbox(g *globals, id string, force bool) error {
 	if _, err := call(g, id, &control.Request{Op: control.OpShutdown, Force: force}, nil, callTimeout); err != nil {
 		return err
 	}
-	if !waitDaemonGone(st.Daemon, daemonExitTimeout) {
+	if !waitGone(st.Daemon, daemonExitTimeout) {
 		forceDelete(g, id)
 	}
 	return nil
@@ -341,14 +341,14 @@ func forceDelete(g *globals, id string) {
 		if st.Status != state.Creating {
 			_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
 		}
-		if st.Status == state.Creating || !waitDaemonGone(st.Daemon, daemonExitTimeout) {
+		if st.Status == state.Creating || !waitGone(st.Daemon, daemonExitTimeout) {
 			_ = unix.Kill(st.Daemon.PID, unix.SIGKILL)
-			waitDaemonGone(st.Daemon, 5*time.Second)
+			waitGone(st.Daemon, 5*time.Second)
 		}
 	}
 	if st.QEMU.Alive() {
 		_ = unix.Kill(st.QEMU.PID, unix.SIGKILL)
-		waitDaemonGone(st.QEMU, 5*time.Second)
+		waitGone(st.QEMU, 5*time.Second)
 	}
 	_ = store.Remove(id)
 }
