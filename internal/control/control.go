@@ -77,6 +77,7 @@ const (
 	CodeNotRunning = "not_running"
 	CodeInvalid    = "invalid"
 	CodeInternal   = "internal"
+	CodeExists     = "exists"
 )
 
 // Reply answers a Request.

@@ -63,6 +63,23 @@ func LoadBundle(dir string) (*Bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: config.json: %w", abs, err)
 	}
+	return bundleOf(abs, spec)
+}
+
+// NewBundle checks a spec that the caller read (and perhaps adjusted) from
+// the bundle at dir, and finds its rootfs there.
+func NewBundle(dir string, spec *specs.Spec) (*Bundle, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	if err := Validate(spec); err != nil {
+		return nil, fmt.Errorf("bundle %s: config.json: %w", abs, err)
+	}
+	return bundleOf(abs, spec)
+}
+
+func bundleOf(abs string, spec *specs.Spec) (*Bundle, error) {
 	rootfs := spec.Root.Path
 	if !filepath.IsAbs(rootfs) {
 		rootfs = filepath.Join(abs, rootfs)
@@ -138,8 +155,9 @@ func IsBind(m specs.Mount) bool {
 // bind mount's source replaced by their paths in the shared directory
 // (guestSources[i] for spec.Mounts[i], set for every bind mount), host-side
 // hooks removed, and namespace paths (host paths, meaningless in the guest)
-// dropped so that the guest makes new namespaces.
-func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string) ([]byte, error) {
+// replaced by the guest paths in join, or dropped so that the guest makes
+// new namespaces.
+func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string, join map[specs.LinuxNamespaceType]string) ([]byte, error) {
 	out := *spec
 	root := *spec.Root
 	root.Path = guestRoot
@@ -170,7 +188,7 @@ func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string) 
 		linux.CgroupsPath = guestCgroupsPath(spec.Linux.CgroupsPath)
 		linux.Namespaces = nil
 		for _, ns := range spec.Linux.Namespaces {
-			ns.Path = ""
+			ns.Path = join[ns.Type]
 			linux.Namespaces = append(linux.Namespaces, ns)
 		}
 		out.Linux = &linux

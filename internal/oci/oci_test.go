@@ -96,10 +96,10 @@ func TestGuestSpecRewritesHostPaths(t *testing.T) {
 	spec.Linux.Namespaces[1] = specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/var/run/netns/x"}
 	last := len(spec.Mounts) - 1
 
-	if _, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", nil); err == nil {
+	if _, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", nil, nil); err == nil {
 		t.Fatal("bind mount without a guest source: no error")
 	}
-	data, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", map[int]string{last: "/run/husk/shared/c/mounts/0"})
+	data, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", map[int]string{last: "/run/husk/shared/c/mounts/0"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestGuestSpecDropsHostLSMAndConvertsSystemdCgroups(t *testing.T) {
 	spec.Process.ApparmorProfile = "docker-default"
 	spec.Process.SelinuxLabel = "system_u:system_r:container_t:s0"
 	spec.Linux.CgroupsPath = "system.slice:docker:abc"
-	data, err := GuestSpec(spec, "/r", nil)
+	data, err := GuestSpec(spec, "/r", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,5 +151,31 @@ func TestGuestSpecDropsHostLSMAndConvertsSystemdCgroups(t *testing.T) {
 	}
 	if guestCgroupsPath("/docker/abc") != "/docker/abc" {
 		t.Error("plain path changed")
+	}
+}
+
+func TestGuestSpecJoinsNamespacesInTheGuest(t *testing.T) {
+	spec := DefaultSpec()
+	spec.Linux.Namespaces = []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace, Path: "/proc/4242/ns/pid"},
+		{Type: specs.IPCNamespace, Path: "/proc/4242/ns/ipc"},
+		{Type: specs.MountNamespace},
+	}
+	data, err := GuestSpec(spec, "/r", nil, map[specs.LinuxNamespaceType]string{specs.IPCNamespace: "/proc/7/ns/ipc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got specs.Spec
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[specs.LinuxNamespaceType]string{specs.PIDNamespace: "", specs.IPCNamespace: "/proc/7/ns/ipc", specs.MountNamespace: ""}
+	for _, ns := range got.Linux.Namespaces {
+		if ns.Path != want[ns.Type] {
+			t.Errorf("%s namespace path = %q, want %q", ns.Type, ns.Path, want[ns.Type])
+		}
+	}
+	if len(got.Linux.Namespaces) != 3 {
+		t.Errorf("namespaces = %+v", got.Linux.Namespaces)
 	}
 }

@@ -1,18 +1,40 @@
 package sandbox
 
 import (
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
-	"github.com/husk-runtime/husk/internal/control"
 )
 
-// stdioCopies moves a process's stdio between the caller's files (passed to
-// the daemon over the control socket) and the agent's streams.
+// Stdio is a process's standard streams on the host side: the caller's
+// files (passed over the control socket) or containerd's FIFOs. A nil
+// stream is one the process does not get. With Terminal, Stdin and Stdout
+// carry the terminal's input and output and Stderr is unused.
+type Stdio struct {
+	Stdin          io.ReadCloser
+	Stdout, Stderr io.WriteCloser
+	Terminal       bool
+	Rows, Cols     uint16
+}
+
+func (s Stdio) closers() []io.Closer {
+	var cs []io.Closer
+	if s.Stdin != nil {
+		cs = append(cs, s.Stdin)
+	}
+	if s.Stdout != nil {
+		cs = append(cs, s.Stdout)
+	}
+	if s.Stderr != nil {
+		cs = append(cs, s.Stderr)
+	}
+	return cs
+}
+
+// stdioCopies moves a process's stdio between the host side and the agent's
+// streams.
 type stdioCopies struct {
 	streams []net.Conn
 	output  sync.WaitGroup // copies towards the caller
@@ -28,69 +50,59 @@ func (s *stdioCopies) abort() {
 	}
 }
 
-// connectStdio opens the streams a create or exec request asks for. Files
-// come in the order stdin, stdout, stderr of those requested; with a terminal,
-// input then output.
-func (d *Daemon) connectStdio(containerID, execID string, req *control.Request, files []*os.File) (*stdioCopies, error) {
-	type want struct {
+// connectStdio opens the agent streams a process's stdio needs and copies
+// between them and the host side.
+func (s *Sandbox) connectStdio(containerID, execID string, stdio Stdio) (*stdioCopies, error) {
+	type pipe struct {
 		kind agentapi.StreamHeader_Kind
-		in   bool // caller → process
-		out  bool // process → caller
+		in   io.Reader // host → process
+		out  io.Writer // process → host
 	}
-	var wants []want
-	if req.Terminal {
-		wants = []want{{agentapi.StreamHeader_TERMINAL, true, true}}
-	} else {
-		if req.Stdin {
-			wants = append(wants, want{kind: agentapi.StreamHeader_STDIN, in: true})
+	var pipes []pipe
+	switch {
+	case stdio.Terminal:
+		t := pipe{kind: agentapi.StreamHeader_TERMINAL}
+		if stdio.Stdin != nil {
+			t.in = stdio.Stdin
 		}
-		if req.Stdout {
-			wants = append(wants, want{kind: agentapi.StreamHeader_STDOUT, out: true})
+		if stdio.Stdout != nil {
+			t.out = stdio.Stdout
 		}
-		if req.Stderr {
-			wants = append(wants, want{kind: agentapi.StreamHeader_STDERR, out: true})
+		pipes = append(pipes, t)
+	default:
+		if stdio.Stdin != nil {
+			pipes = append(pipes, pipe{kind: agentapi.StreamHeader_STDIN, in: stdio.Stdin})
 		}
-	}
-	needed := 0
-	for _, w := range wants {
-		if w.in {
-			needed++
+		if stdio.Stdout != nil {
+			pipes = append(pipes, pipe{kind: agentapi.StreamHeader_STDOUT, out: stdio.Stdout})
 		}
-		if w.out {
-			needed++
+		if stdio.Stderr != nil {
+			pipes = append(pipes, pipe{kind: agentapi.StreamHeader_STDERR, out: stdio.Stderr})
 		}
-	}
-	if len(files) != needed {
-		return nil, &control.Error{Code: control.CodeInvalid, Message: fmt.Sprintf("stdio: %d files passed, %d expected", len(files), needed)}
 	}
 	copies := &stdioCopies{}
-	next := 0
-	for _, w := range wants {
-		stream, err := d.vm.OpenStream(&agentapi.StreamHeader{ContainerId: containerID, ExecId: execID, Kind: w.kind})
+	for _, p := range pipes {
+		stream, err := s.vm.OpenStream(&agentapi.StreamHeader{ContainerId: containerID, ExecId: execID, Kind: p.kind})
 		if err != nil {
 			copies.abort()
 			return nil, err
 		}
 		copies.streams = append(copies.streams, stream)
-		if w.in {
-			in := files[next]
-			next++
+		if p.in != nil {
 			go func() {
-				_, _ = io.Copy(stream, in)
+				_, _ = io.Copy(stream, p.in)
 				// End of the caller's input: half-close, so the process
 				// sees EOF while its output keeps flowing.
-				if w.kind == agentapi.StreamHeader_STDIN {
+				if p.kind == agentapi.StreamHeader_STDIN {
 					_ = stream.Close()
 				}
 			}()
 		}
-		if w.out {
-			out := files[next]
-			next++
+		if p.out != nil {
 			copies.output.Add(1)
 			go func() {
 				defer copies.output.Done()
-				_, _ = io.Copy(out, stream)
+				_, _ = io.Copy(p.out, stream)
 				// At the end of the output, or when the caller stopped
 				// reading: either way the agent learns it from the close.
 				_ = stream.Close()

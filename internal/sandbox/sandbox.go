@@ -1,0 +1,640 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/config"
+	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// requestTimeout bounds one agent call other than a wait.
+const requestTimeout = 30 * time.Second
+
+// stopTimeout bounds the guest's orderly power-off.
+const stopTimeout = 5 * time.Second
+
+// exitStatusVMGone is the status reported for a container whose VM died
+// under it: as if its process had been killed with SIGKILL.
+const exitStatusVMGone = 128 + 9
+
+// Sandbox is one running VM and the containers in it. It is what both front
+// doors serve: the runc-style daemon (control socket) and the containerd
+// shim (Task API). Errors it returns are *control.Error where the caller
+// must tell them apart.
+type Sandbox struct {
+	id  string
+	dir string
+	vm  *VM
+	log *slog.Logger
+
+	// onExit, when set, is called once per process as it exits, before
+	// anyone waiting on the process is released.
+	onExit func(ExitEvent)
+
+	mu         sync.Mutex
+	containers map[string]*containerRecord
+}
+
+// ExitEvent is one process's end.
+type ExitEvent struct {
+	Container, Exec string
+	GuestPID        int
+	Status          int
+	At              time.Time
+}
+
+// containerRecord is the sandbox's view of one container.
+type containerRecord struct {
+	id    string
+	init  *procRecord
+	execs map[string]*procRecord // guarded by Sandbox.mu
+}
+
+// procRecord is one process of a container: its init or an exec.
+type procRecord struct {
+	guestPID int
+	// exited is closed when the process has exited and its output has
+	// reached the caller's files.
+	exited     chan struct{}
+	exitStatus int
+	exitedAt   time.Time
+	stdio      []io.Closer
+	stdin      io.Closer // also in stdio; nil without one
+}
+
+func newProcRecord(stdio Stdio) *procRecord {
+	p := &procRecord{exited: make(chan struct{}), stdio: stdio.closers()}
+	if stdio.Stdin != nil {
+		p.stdin = stdio.Stdin
+	}
+	return p
+}
+
+func (p *procRecord) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// Options say what sandbox to boot.
+type Options struct {
+	ID     string
+	Dir    string // the sandbox's state directory, absolute; it becomes the working directory
+	Config *config.Config
+	Log    *slog.Logger
+	OnExit func(ExitEvent)
+}
+
+// Boot starts the sandbox's VM and waits for its agent. The process's
+// working directory becomes opts.Dir: QEMU's sockets are named relative to
+// it, which keeps them short whatever the directory's length.
+func Boot(opts Options) (*Sandbox, error) {
+	if err := os.Chdir(opts.Dir); err != nil {
+		return nil, fmt.Errorf("entering the state directory: %w", err)
+	}
+	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
+		containers: map[string]*containerRecord{}}
+	vm, err := StartVM(VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config})
+	var bootErr *BootError
+	if errors.As(err, &bootErr) {
+		bootErr.ConsoleLog = keepConsoleLog(opts.Dir, opts.ID)
+	}
+	if err != nil {
+		// A boot that failed before there was a VM may have left the share.
+		unmountShareRoot(filepath.Join(opts.Dir, SharedDir))
+		return nil, err
+	}
+	s.vm = vm
+	s.log.Info("guest ready", "accel", vm.Accel, "boot", vm.Ready.Sub(vm.Started).String(),
+		"guest_ready_ns", vm.Guest.GetReadyNs(), "kernel", vm.Guest.GetKernelRelease())
+	go s.watchVM()
+	return s, nil
+}
+
+// VMPID is QEMU's process id.
+func (s *Sandbox) VMPID() int { return s.vm.PID() }
+
+// VMExited is closed when QEMU has exited.
+func (s *Sandbox) VMExited() <-chan struct{} { return s.vm.Exited() }
+
+// watchVM ends every process when QEMU exits, so that waiters are released
+// and callers see the truth.
+func (s *Sandbox) watchVM() {
+	<-s.vm.Exited()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for _, c := range s.containers {
+		for execID, p := range c.execs {
+			s.markExited(c, execID, p, exitStatusVMGone, now)
+		}
+		if !c.init.hasExited() {
+			s.log.Warn("guest exited under a running container", "container", c.id)
+		}
+		s.markExited(c, "", c.init, exitStatusVMGone, now)
+	}
+}
+
+// markExited records a process's exit once. s.mu must be held.
+func (s *Sandbox) markExited(c *containerRecord, execID string, p *procRecord, status int, at time.Time) {
+	if p.hasExited() {
+		return
+	}
+	p.exitStatus, p.exitedAt = status, at
+	if s.onExit != nil {
+		s.onExit(ExitEvent{Container: c.id, Exec: execID, GuestPID: p.guestPID, Status: status, At: at})
+	}
+	close(p.exited)
+}
+
+func (s *Sandbox) lookup(id string) (*containerRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, &control.Error{Code: control.CodeNotFound, Message: "container does not exist"}
+	}
+	return c, nil
+}
+
+// proc finds a container's process: its init for an empty exec id.
+func (s *Sandbox) proc(containerID, execID string) (*containerRecord, *procRecord, error) {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, nil, &control.Error{Code: control.CodeNotFound, Message: fmt.Sprintf("exec %s does not exist", execID)}
+	}
+	return c, p, nil
+}
+
+// agentError converts an agent's RPC error at the edge into the control API's codes.
+func agentError(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	code := control.CodeInternal
+	switch st.Code() {
+	case codes.NotFound:
+		code = control.CodeNotFound
+	case codes.FailedPrecondition:
+		code = control.CodeNotRunning
+	case codes.InvalidArgument:
+		code = control.CodeInvalid
+	}
+	return &control.Error{Code: code, Message: st.Message()}
+}
+
+// agentCall makes one agent request, bounded by requestTimeout, and
+// converts the agent's error at this edge.
+func agentCall(call func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if err := call(ctx); err != nil {
+		return agentError(err)
+	}
+	return nil
+}
+
+// Create shares the bundle's rootfs and volumes with the guest and creates
+// the container there, its process waiting for Start. join names, for each
+// namespace type to share, the container of this sandbox whose namespace
+// the new one joins (a pod's containers join its sandbox container's). On
+// success the sandbox owns stdio; on error the caller still does.
+func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[specs.LinuxNamespaceType]string) (guestPID int, retErr error) {
+	guestNamespaces, err := s.guestNamespaces(join)
+	if err != nil {
+		return 0, err
+	}
+	c := &containerRecord{id: id, init: newProcRecord(stdio), execs: map[string]*procRecord{}}
+	s.mu.Lock()
+	if _, exists := s.containers[id]; exists {
+		s.mu.Unlock()
+		return 0, &control.Error{Code: control.CodeExists, Message: "container with given ID already exists"}
+	}
+	s.containers[id] = c
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, id)
+			s.mu.Unlock()
+		}
+	}()
+
+	sharedDir := filepath.Join(s.dir, SharedDir)
+	shared, err := shareContainer(sharedDir, id, bundle)
+	if err != nil {
+		unshareContainer(sharedDir, id)
+		return 0, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
+	}
+	defer func() {
+		if retErr != nil {
+			unshareContainer(sharedDir, id)
+		}
+	}()
+	specJSON, err := oci.GuestSpec(bundle.Spec, shared.guestRoot, shared.guestSources, guestNamespaces)
+	if err != nil {
+		return 0, err
+	}
+	copies, err := s.connectStdio(id, "", stdio)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := s.vm.Agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+		ContainerId: id, SpecJson: specJSON,
+		Stdin: stdio.Stdin != nil, Stdout: stdio.Stdout != nil, Stderr: stdio.Stderr != nil, Terminal: stdio.Terminal,
+		Rows: uint32(stdio.Rows), Cols: uint32(stdio.Cols),
+	})
+	if err != nil {
+		copies.abort()
+		return 0, agentError(err)
+	}
+	c.init.guestPID = int(resp.GetPid())
+	go s.waitExit(c, "", c.init, copies)
+	s.log.Info("container created", "container", id, "guest_pid", c.init.guestPID)
+	return c.init.guestPID, nil
+}
+
+// nsFiles names each namespace type's file under /proc/PID/ns.
+var nsFiles = map[specs.LinuxNamespaceType]string{
+	specs.PIDNamespace: "pid", specs.NetworkNamespace: "net", specs.MountNamespace: "mnt",
+	specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts", specs.UserNamespace: "user",
+	specs.CgroupNamespace: "cgroup", specs.TimeNamespace: "time",
+}
+
+// guestNamespaces resolves join into the guest's /proc paths of the named
+// containers' namespaces. A container that has exited has none to join.
+func (s *Sandbox) guestNamespaces(join map[specs.LinuxNamespaceType]string) (map[specs.LinuxNamespaceType]string, error) {
+	paths := map[specs.LinuxNamespaceType]string{}
+	for typ, id := range join {
+		c, err := s.lookup(id)
+		if err != nil {
+			return nil, &control.Error{Code: control.CodeNotFound, Message: fmt.Sprintf("joining the %s namespace of container %s: it does not exist", typ, id)}
+		}
+		if c.init.hasExited() || c.init.guestPID == 0 {
+			return nil, &control.Error{Code: control.CodeNotRunning, Message: fmt.Sprintf("joining the %s namespace of container %s: it is not running", typ, id)}
+		}
+		file, ok := nsFiles[typ]
+		if !ok {
+			return nil, &control.Error{Code: control.CodeInvalid, Message: fmt.Sprintf("unknown namespace type %q", typ)}
+		}
+		paths[typ] = fmt.Sprintf("/proc/%d/ns/%s", c.init.guestPID, file)
+	}
+	return paths, nil
+}
+
+// waitExit waits for a process to exit in the guest and for its output to
+// be copied, then records the exit.
+func (s *Sandbox) waitExit(c *containerRecord, execID string, p *procRecord, copies *stdioCopies) {
+	resp, err := s.vm.Agent.WaitProcess(context.Background(), &agentapi.ProcessRequest{ContainerId: c.id, ExecId: execID})
+	if err != nil {
+		// The VM went away; watchVM reports the exit.
+		copies.abort()
+		closeAll(p.stdio)
+		return
+	}
+	copies.wait()
+	closeAll(p.stdio)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.markExited(c, execID, p, int(resp.GetExitStatus()), time.Now())
+	s.log.Info("process exited", "container", c.id, "exec", execID, "status", p.exitStatus)
+}
+
+// Start runs a created container's process.
+func (s *Sandbox) Start(id string) (guestPID int, err error) {
+	c, err := s.lookup(id)
+	if err != nil {
+		return 0, err
+	}
+	err = agentCall(func(ctx context.Context) error {
+		_, err := s.vm.Agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		return err
+	})
+	return c.init.guestPID, err
+}
+
+// Exec starts an additional process in a running container. On success the
+// sandbox owns stdio; on error the caller still does.
+func (s *Sandbox) Exec(containerID, execID string, process json.RawMessage, stdio Stdio) (guestPID int, retErr error) {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return 0, err
+	}
+	if execID == "" {
+		return 0, &control.Error{Code: control.CodeInvalid, Message: "exec id must be set"}
+	}
+	p := newProcRecord(stdio)
+	s.mu.Lock()
+	if _, exists := c.execs[execID]; exists {
+		s.mu.Unlock()
+		return 0, &control.Error{Code: control.CodeExists, Message: fmt.Sprintf("exec %s already exists", execID)}
+	}
+	c.execs[execID] = p
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(c.execs, execID)
+			s.mu.Unlock()
+		}
+	}()
+	if c.init.hasExited() {
+		return 0, &control.Error{Code: control.CodeNotRunning, Message: "cannot exec in a stopped container"}
+	}
+	copies, err := s.connectStdio(c.id, execID, stdio)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := s.vm.Agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{
+		ContainerId: c.id, ExecId: execID, ProcessJson: process,
+		Stdin: stdio.Stdin != nil, Stdout: stdio.Stdout != nil, Stderr: stdio.Stderr != nil, Terminal: stdio.Terminal,
+		Rows: uint32(stdio.Rows), Cols: uint32(stdio.Cols),
+	})
+	if err != nil {
+		copies.abort()
+		return 0, agentError(err)
+	}
+	p.guestPID = int(resp.GetPid())
+	go s.waitExit(c, execID, p, copies)
+	return p.guestPID, nil
+}
+
+// ProcessStatus is what the sandbox knows of one process.
+type ProcessStatus struct {
+	GuestPID   int
+	Exited     bool
+	ExitStatus int
+	ExitedAt   time.Time
+}
+
+// Status reports on a process (the init for an empty exec id).
+func (s *Sandbox) Status(containerID, execID string) (ProcessStatus, error) {
+	_, p, err := s.proc(containerID, execID)
+	if err != nil {
+		return ProcessStatus{}, err
+	}
+	st := ProcessStatus{GuestPID: p.guestPID, Exited: p.hasExited()}
+	if st.Exited {
+		st.ExitStatus, st.ExitedAt = p.exitStatus, p.exitedAt
+	}
+	return st, nil
+}
+
+// Wait returns the process's exit status once it has exited and its output
+// has been delivered, or an error when ctx ends first.
+func (s *Sandbox) Wait(ctx context.Context, containerID, execID string) (ProcessStatus, error) {
+	_, p, err := s.proc(containerID, execID)
+	if err != nil {
+		return ProcessStatus{}, err
+	}
+	select {
+	case <-p.exited:
+		return ProcessStatus{GuestPID: p.guestPID, Exited: true, ExitStatus: p.exitStatus, ExitedAt: p.exitedAt}, nil
+	case <-ctx.Done():
+		return ProcessStatus{}, ctx.Err()
+	}
+}
+
+// Kill signals a process, or with all every process of the container.
+func (s *Sandbox) Kill(containerID, execID string, signal int, all bool) error {
+	c, p, err := s.proc(containerID, execID)
+	if err != nil {
+		return err
+	}
+	if p.hasExited() && !all {
+		return &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
+	}
+	return agentCall(func(ctx context.Context) error {
+		_, err := s.vm.Agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{
+			ContainerId: c.id, ExecId: execID, Signal: uint32(signal), All: all})
+		return err
+	})
+}
+
+// Resize sets a process's terminal size.
+func (s *Sandbox) Resize(containerID, execID string, rows, cols uint16) error {
+	c, _, err := s.proc(containerID, execID)
+	if err != nil {
+		return err
+	}
+	return agentCall(func(ctx context.Context) error {
+		_, err := s.vm.Agent.ResizeTerminal(ctx, &agentapi.ResizeTerminalRequest{
+			ContainerId: c.id, ExecId: execID, Rows: uint32(rows), Cols: uint32(cols)})
+		return err
+	})
+}
+
+// Processes lists the guest PIDs of a container's processes.
+func (s *Sandbox) Processes(containerID string) ([]int, error) {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return nil, err
+	}
+	pids := []int{}
+	err = agentCall(func(ctx context.Context) error {
+		resp, err := s.vm.Agent.ListProcesses(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		for _, pid := range resp.GetPids() {
+			pids = append(pids, int(pid))
+		}
+		return err
+	})
+	return pids, err
+}
+
+// Freeze freezes (or thaws) every process of a container.
+func (s *Sandbox) Freeze(containerID string, freeze bool) error {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return err
+	}
+	if c.init.hasExited() {
+		return &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
+	}
+	return agentCall(func(ctx context.Context) error {
+		r := &agentapi.ContainerRequest{ContainerId: c.id}
+		if freeze {
+			_, err := s.vm.Agent.PauseContainer(ctx, r)
+			return err
+		}
+		_, err := s.vm.Agent.ResumeContainer(ctx, r)
+		return err
+	})
+}
+
+// Update applies new OCI linux.resources (JSON) to a container's cgroup.
+func (s *Sandbox) Update(containerID string, resources json.RawMessage) error {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return err
+	}
+	return agentCall(func(ctx context.Context) error {
+		_, err := s.vm.Agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.id, ResourcesJson: resources})
+		return err
+	})
+}
+
+// Stats returns the guest's cgroup statistics for a container as JSON
+// (libcontainer's cgroups.Stats).
+func (s *Sandbox) Stats(containerID string) (json.RawMessage, error) {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return nil, err
+	}
+	var stats json.RawMessage
+	err = agentCall(func(ctx context.Context) error {
+		resp, err := s.vm.Agent.StatsContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+		stats = resp.GetStatsJson()
+		return err
+	})
+	return stats, err
+}
+
+// CloseStdin ends a process's input: the process reads EOF.
+func (s *Sandbox) CloseStdin(containerID, execID string) error {
+	_, p, err := s.proc(containerID, execID)
+	if err != nil {
+		return err
+	}
+	if p.stdin != nil {
+		return p.stdin.Close()
+	}
+	return nil
+}
+
+// RemoveExec forgets an exec'd process that has exited.
+func (s *Sandbox) RemoveExec(containerID, execID string) error {
+	c, p, err := s.proc(containerID, execID)
+	if err != nil {
+		return err
+	}
+	if !p.hasExited() {
+		return &control.Error{Code: control.CodeNotRunning, Message: fmt.Sprintf("exec %s is still running", execID)}
+	}
+	s.mu.Lock()
+	delete(c.execs, execID)
+	s.mu.Unlock()
+	closeAll(p.stdio)
+	return nil
+}
+
+// Remove takes a container out of the sandbox: out of the guest and out of
+// the share. Without force a running container is refused.
+func (s *Sandbox) Remove(containerID string, force bool) error {
+	c, err := s.lookup(containerID)
+	if err != nil {
+		return err
+	}
+	if !force && !c.init.hasExited() {
+		return &control.Error{Code: control.CodeNotRunning,
+			Message: fmt.Sprintf("cannot delete container %s that is not stopped", c.id)}
+	}
+	select {
+	case <-s.vm.Exited():
+	default:
+		err = agentCall(func(ctx context.Context) error {
+			_, err := s.vm.Agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.id, Force: force})
+			return err
+		})
+		if err != nil && !control.IsCode(err, control.CodeNotFound) {
+			return err
+		}
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	s.release(c)
+	return nil
+}
+
+// release closes a removed container's files and unshares it.
+func (s *Sandbox) release(c *containerRecord) {
+	closeAll(c.init.stdio)
+	for _, p := range c.execs {
+		closeAll(p.stdio)
+	}
+	unshareContainer(filepath.Join(s.dir, SharedDir), c.id)
+}
+
+// Running lists the containers whose init process has not exited.
+func (s *Sandbox) Running() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id, c := range s.containers {
+		if !c.init.hasExited() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Stop powers the VM off and undoes every share. Mounts would die with the
+// front door's mount namespace anyway; they are undone here so that the
+// state directory can be removed.
+func (s *Sandbox) Stop() {
+	s.vm.Stop(stopTimeout)
+	s.mu.Lock()
+	records := s.containers
+	s.containers = map[string]*containerRecord{}
+	s.mu.Unlock()
+	for _, c := range records {
+		s.release(c)
+	}
+	// The VM's teardown detached the share's root; this catches the rest.
+	unmountShareRoot(filepath.Join(s.dir, SharedDir))
+}
+
+// KeptLogDir keeps the console logs of guests that failed to boot, which
+// would otherwise go with the state directory.
+const KeptLogDir = "/var/log/husk"
+
+func keepConsoleLog(dir, id string) string {
+	// A guest that failed before QEMU opened the log leaves an empty one.
+	data, _ := os.ReadFile(filepath.Join(dir, ConsoleLog))
+	kept := filepath.Join(KeptLogDir, id+".console.log")
+	if err := os.MkdirAll(KeptLogDir, 0o755); err != nil {
+		return ""
+	}
+	if err := os.WriteFile(kept, data, 0o644); err != nil {
+		return ""
+	}
+	return kept
+}
+
+func closeAll(files []io.Closer) {
+	for _, f := range files {
+		f.Close()
+	}
+}
