@@ -15,10 +15,14 @@ all: binaries guest
 deps:
 	./scripts/install-deps.sh
 
-binaries: $(BUILD)/husk $(BUILD)/husk-agent
+binaries: $(BUILD)/husk $(BUILD)/husk-agent $(BUILD)/containerd-shim-husk-v2
 
 $(BUILD)/husk: $(GOFILES)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o $@ ./cmd/husk
+
+# containerd finds it by name on its PATH for the runtime io.containerd.husk.v2.
+$(BUILD)/containerd-shim-husk-v2: $(GOFILES)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o $@ ./cmd/containerd-shim-husk-v2
 
 # The agent is the guest's /init: static, with libcontainer's C parts (nsenter)
 # and libseccomp linked in.
@@ -80,6 +84,7 @@ SYSCONFDIR ?= /etc
 
 install: all docs
 	install -D -m 0755 $(BUILD)/husk $(DESTDIR)$(PREFIX)/bin/husk
+	install -D -m 0755 $(BUILD)/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-husk-v2
 	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -D -m 0644 $(BUILD)/husk-initrd.img $(DESTDIR)$(PREFIX)/share/husk/husk-initrd.img
 	install -d $(DESTDIR)$(PREFIX)/share/man/man8
@@ -90,7 +95,7 @@ install: all docs
 		install -D -m 0644 config/configuration.toml $(DESTDIR)$(SYSCONFDIR)/husk/configuration.toml
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/husk $(DESTDIR)$(PREFIX)/share/husk/vmlinux $(DESTDIR)$(PREFIX)/share/husk/husk-initrd.img
+	rm -f $(DESTDIR)$(PREFIX)/bin/husk $(DESTDIR)$(PREFIX)/bin/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/share/husk/vmlinux $(DESTDIR)$(PREFIX)/share/husk/husk-initrd.img
 	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/husk.8 $(DESTDIR)$(PREFIX)/share/man/man8/husk-*.8
 	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/husk
 	-rmdir $(DESTDIR)$(PREFIX)/share/husk

@@ -8,6 +8,7 @@ packages=(
   busybox-static                                              # the containers' rootfs in the demo and tests
   util-linux                                                  # unshare, for the daemon's mount namespace
   docker.io containerd podman                                 # the real clients the tests drive
+  containernetworking-plugins                                 # CNI plugins (/usr/lib/cni) for containerd's CRI
   runc hyperfine                                              # make bench: the baseline and the timer
   protobuf-compiler                                           # make protos
 )
@@ -21,3 +22,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
+
+# crictl, the CRI's client, is not packaged in Debian 12: built from its Go module.
+if ! command -v crictl >/dev/null; then
+  echo "install-deps: installing crictl" >&2
+  GOBIN=/usr/local/bin go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0 ||
+    GOBIN=/usr/local/bin go install sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0
+fi

@@ -17,8 +17,9 @@ if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticc
 echo "== fuzz targets, briefly (make fuzz runs them longer)"
 FUZZTIME=${FUZZTIME:-10s} ./scripts/fuzz.sh
 
-echo "== services for the end-to-end tests (containerd, a private dockerd with husk, images)"
-eval "export $(./scripts/start-services.sh | grep '^HUSK_TEST_DOCKER_HOST=')"
+echo "== services for the end-to-end tests (containerd with the CRI, a private dockerd with husk, images)"
+services=$(./scripts/start-services.sh)
+for v in $(printf '%s\n' "$services" | grep -E '^HUSK_TEST_[A-Z_]+='); do export "$v"; done
 
 echo "== unit and end-to-end tests"
 # One package at a time: the end-to-end tests boot guests on a 2-core machine.

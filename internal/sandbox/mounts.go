@@ -29,7 +29,10 @@ func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, err
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		return nil, fmt.Errorf("sharing rootfs: %w", err)
 	}
-	if err := bindMount(bundle.Rootfs, rootfs, true, bundle.Spec.Root.Readonly); err != nil {
+	// The rootfs is shared writable even when root.readonly is set: the
+	// guest's libcontainer creates mount points in it first and makes it
+	// read-only last, as runc does on a host.
+	if err := bindMount(bundle.Rootfs, rootfs, true, false); err != nil {
 		return nil, fmt.Errorf("sharing rootfs: %w", err)
 	}
 	guestBase := filepath.Join(channel.GuestSharedDir, id)

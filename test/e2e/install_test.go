@@ -19,7 +19,7 @@ func TestInstallAndPackage(t *testing.T) {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
 	installed := []string{
-		"usr/local/bin/husk", "usr/local/share/husk/vmlinux", "usr/local/share/husk/husk-initrd.img",
+		"usr/local/bin/husk", "usr/local/bin/containerd-shim-husk-v2", "usr/local/share/husk/vmlinux", "usr/local/share/husk/husk-initrd.img",
 		"usr/local/share/man/man8/husk.8", "usr/local/share/man/man8/husk-run.8",
 		"usr/local/share/bash-completion/completions/husk", "etc/husk/configuration.toml",
 	}
@@ -55,7 +55,7 @@ func TestInstallAndPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"./usr/bin/husk", "./usr/share/husk/vmlinux", "./usr/share/husk/husk-initrd.img", "./etc/husk/configuration.toml"} {
+	for _, f := range []string{"./usr/bin/husk", "./usr/bin/containerd-shim-husk-v2", "./usr/share/husk/vmlinux", "./usr/share/husk/husk-initrd.img", "./etc/husk/configuration.toml"} {
 		if !strings.Contains(string(out), f) {
 			t.Errorf("package lacks %s", f)
 		}

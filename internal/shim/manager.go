@@ -1,0 +1,200 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/plugin"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+)
+
+// RuntimeName is the runtime name containerd users give (ctr --runtime,
+// the CRI runtime_type); containerd runs containerd-shim-husk-v2 for it.
+const RuntimeName = "io.containerd.husk.v2"
+
+// shimPIDFile, in a sandbox's state directory, names the shim that serves it.
+const shimPIDFile = "shim.pid"
+
+// Manager starts and cleans up shim processes: containerd's `start` and
+// `delete` subcommands.
+type Manager struct{}
+
+// Name is the runtime's name.
+func (Manager) Name() string { return RuntimeName }
+
+// Start starts the shim that serves the container (or, for a pod's later
+// containers, finds the pod's shim) and returns its address.
+func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return "", err
+	}
+	spec, err := readSpec(".")
+	if err != nil {
+		return "", err
+	}
+	group := groupOf(id, spec.Annotations)
+	address, err := shim.SocketAddress(ctx, opts.Address, group)
+	if err != nil {
+		return "", err
+	}
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return "", fmt.Errorf("creating the shim's socket: %w", err)
+		}
+		// A pod's later container: its sandbox's shim serves it.
+		if shim.CanConnect(address) {
+			if err := shim.WriteAddress("address", address); err != nil {
+				return "", err
+			}
+			return address, nil
+		}
+		// A socket left by a shim that died.
+		if err := shim.RemoveSocket(address); err != nil {
+			return "", fmt.Errorf("removing a stale shim socket: %w", err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return "", fmt.Errorf("creating the shim's socket: %w", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			_ = shim.RemoveSocket(address)
+		}
+	}()
+	if err := shim.WriteAddress("address", address); err != nil {
+		return "", err
+	}
+	f, err := socket.File()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	// The shim gets a mount namespace of its own, a slave of the host's:
+	// the rootfs and share mounts it makes stay in it and die with it,
+	// while mounts made later on the host (volumes) still reach it.
+	args := []string{"--mount", "--propagation", "slave", "--", self, "-namespace", ns, "-id", id, "-address", opts.Address}
+	if opts.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command("unshare", args...)
+	cmd.Dir = cwd
+	cmd.Env = os.Environ()
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("starting the shim: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	defer func() {
+		if retErr != nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		return "", fmt.Errorf("adjusting the shim's OOM score: %w", err)
+	}
+	return address, nil
+}
+
+// Stop is containerd's clean-up when it can no longer reach the shim (the
+// shim was killed or hangs): it ends the shim, whose VM dies with it, and
+// removes what the sandbox left.
+func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	// The shim mounted the rootfs in its own namespace; nothing should be
+	// mounted here, but a rootfs containerd mounted itself goes too.
+	if err := mount.UnmountAll(filepath.Join(cwd, "rootfs"), 0); err != nil {
+		log.G(ctx).WithError(err).Warn("unmounting the rootfs")
+	}
+	group := id
+	if spec, err := readSpec(cwd); err == nil {
+		group = groupOf(id, spec.Annotations)
+	}
+	if group == id {
+		dir := filepath.Join(StateRoot, ns, id)
+		killShim(filepath.Join(dir, shimPIDFile))
+		if err := os.RemoveAll(dir); err != nil {
+			log.G(ctx).WithError(err).Warn("removing the sandbox's state")
+		}
+	}
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// killShim kills the shim a pid file names, if it is still a husk shim.
+func killShim(pidFile string) {
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil || filepath.Base(exe) != filepath.Base(os.Args[0]) {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// removeSocket removes the shim's socket, whose address is in file.
+func removeSocket(file string) {
+	if address, err := shim.ReadAddress(file); err == nil {
+		_ = shim.RemoveSocket(address)
+	}
+}
+
+// Register makes the Task API the shim's ttrpc service.
+func Register() {
+	plugin.Register(&plugin.Registration{
+		Type:     plugin.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugin.EventPlugin, plugin.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (interface{}, error) {
+			pub, err := ic.GetByID(plugin.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			sd, err := ic.GetByID(plugin.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			ns, err := namespaces.NamespaceRequired(ic.Context)
+			if err != nil {
+				return nil, err
+			}
+			logger := slog.New(slog.NewTextHandler(log.G(ic.Context).Logger.Out, nil))
+			return newService(ic.Context, ns, pub.(shim.Publisher), sd.(shutdown.Service), logger), nil
+		},
+	})
+}
