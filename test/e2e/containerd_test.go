@@ -385,3 +385,37 @@ func findProcess(t *testing.T, program, id string) int {
 	t.Fatalf("no %s process for %s in\n%s", program, id, out)
 	return 0
 }
+
+// TestCtrLogURIs: output through file:// and through a binary:// logger,
+// the way nerdctl passes it.
+func TestCtrLogURIs(t *testing.T) {
+	c := newCtrEnv(t)
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "file.log")
+	c.mustRun(append(runFlags, "--rm", "--log-uri", "file://"+logFile, ctrImage, c.id(), "sh", "-c", "echo to-file; echo err-to-file >&2")...)
+	if data, _ := os.ReadFile(logFile); !strings.Contains(string(data), "to-file\n") || !strings.Contains(string(data), "err-to-file\n") {
+		t.Errorf("file:// log holds %q", data)
+	}
+	// The logger: stdout on fd 3, stderr on fd 4, ready when fd 5 closes.
+	logger := filepath.Join(dir, "logger")
+	out := filepath.Join(dir, "binary")
+	script := "#!/bin/sh\nexec 5>&-\ncat <&4 > " + out + ".err &\ncat <&3 > " + out + ".out\nwait\necho \"$CONTAINER_ID\" > " + out + ".id\n"
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id := c.id()
+	c.mustRun(append(runFlags, "--rm", "--log-uri", "binary://"+logger, ctrImage, id, "sh", "-c", "echo to-logger; echo err-to-logger >&2")...)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		gotOut, _ := os.ReadFile(out + ".out")
+		gotErr, _ := os.ReadFile(out + ".err")
+		gotID, _ := os.ReadFile(out + ".id")
+		if string(gotOut) == "to-logger\n" && string(gotErr) == "err-to-logger\n" && strings.TrimSpace(string(gotID)) == id {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("binary:// logger got stdout %q, stderr %q, id %q", gotOut, gotErr, gotID)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

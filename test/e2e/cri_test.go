@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -81,19 +82,21 @@ func podProcesses(t *testing.T, podID string) (qemus, shims []string) {
 	return qemus, shims
 }
 
-// TestCRIPodOfTwoContainers runs a pod as the kubelet would: its sandbox,
-// then two containers, all in one VM that shares the pod's namespaces.
-func TestCRIPodOfTwoContainers(t *testing.T) {
-	c := newCRIEnv(t)
-	dir := t.TempDir()
-	name := fmt.Sprintf("husk-e2e-pod-%d", os.Getpid())
-	pod := writeJSON(t, dir, "pod.json", map[string]any{
+// newPod runs a pod sandbox with the husk handler and checks, when the test
+// ends, that nothing of it is left. It returns the pod's id, its config
+// file and a directory for the test's files.
+func (c *criEnv) newPod() (podID, podConfig, dir string) {
+	t := c.t
+	t.Helper()
+	dir = t.TempDir()
+	name := fmt.Sprintf("husk-e2e-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), os.Getpid())
+	podConfig = writeJSON(t, dir, "pod.json", map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "husk-e2e", "uid": name + "-uid"},
 		"hostname":      "husk-pod",
 		"log_directory": dir,
 		"linux":         map[string]any{},
 	})
-	podID := c.mustRun("runp", "--runtime", "husk", pod)
+	podID = c.mustRun("runp", "--runtime", "husk", podConfig)
 	stateDir := filepath.Join("/run/husk/containerd/k8s.io", podID)
 	t.Cleanup(func() {
 		c.run("", "stopp", podID)
@@ -115,19 +118,39 @@ func TestCRIPodOfTwoContainers(t *testing.T) {
 			t.Errorf("a mount of the pod is left:\n%s", mounts)
 		}
 	})
+	return podID, podConfig, dir
+}
 
+// startContainer creates and starts a busybox container in a pod.
+func (c *criEnv) startContainer(podID, podConfig, dir, name string, command ...string) string {
+	c.t.Helper()
+	spec := writeJSON(c.t, dir, name+".json", map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": ctrImage},
+		"command":  command,
+		"log_path": name + ".log",
+		"linux":    map[string]any{},
+	})
+	id := c.mustRun("create", podID, spec, podConfig)
+	c.mustRun("start", id)
+	return id
+}
+
+// containerState is the CRI's state of a container.
+func (c *criEnv) containerState(id string) string {
+	c.t.Helper()
+	return c.mustRun("inspect", "-o", "go-template", "--template", "{{.status.state}}", id)
+}
+
+// TestCRIPodOfTwoContainers runs a pod as the kubelet would: its sandbox,
+// then two containers, all in one VM that shares the pod's namespaces.
+func TestCRIPodOfTwoContainers(t *testing.T) {
+	c := newCRIEnv(t)
+	podID, pod, dir := c.newPod()
+	stateDir := filepath.Join("/run/husk/containerd/k8s.io", podID)
 	var ids []string
 	for _, n := range []string{"first", "second"} {
-		spec := writeJSON(t, dir, n+".json", map[string]any{
-			"metadata": map[string]any{"name": n},
-			"image":    map[string]any{"image": ctrImage},
-			"command":  []string{"sh", "-c", "echo " + n + " > /tmp/who; exec sleep 600"},
-			"log_path": n + ".log",
-			"linux":    map[string]any{},
-		})
-		id := c.mustRun("create", podID, spec, pod)
-		c.mustRun("start", id)
-		ids = append(ids, id)
+		ids = append(ids, c.startContainer(podID, pod, dir, n, "sh", "-c", "echo "+n+" > /tmp/who; exec sleep 600"))
 	}
 
 	// One VM, one shim for the whole pod.
@@ -187,9 +210,38 @@ func TestCRIPodOfTwoContainers(t *testing.T) {
 	// Stopping the pod ends its containers and its VM; removing it leaves nothing.
 	c.mustRun("stopp", podID)
 	for _, id := range ids {
-		if out := c.mustRun("inspect", "-o", "go-template", "--template", "{{.status.state}}", id); out != "CONTAINER_EXITED" {
+		if out := c.containerState(id); out != "CONTAINER_EXITED" {
 			t.Errorf("container %s after stopp: %q", id, out)
 		}
 	}
+	c.mustRun("rmp", podID)
+}
+
+// TestCRIPodVMKilled: when the pod's QEMU dies, its containers exit with a
+// status and the pod can still be stopped and removed.
+func TestCRIPodVMKilled(t *testing.T) {
+	c := newCRIEnv(t)
+	podID, pod, dir := c.newPod()
+	id := c.startContainer(podID, pod, dir, "victim", "sleep", "600")
+	qemus, _ := podProcesses(t, podID)
+	if len(qemus) != 1 {
+		t.Fatalf("want one QEMU for the pod, got %q", qemus)
+	}
+	var pid int
+	fmt.Sscan(qemus[0], &pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for c.containerState(id) != "CONTAINER_EXITED" {
+		if time.Now().After(deadline) {
+			t.Fatalf("container %s: %s after its VM was killed", id, c.containerState(id))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code := c.mustRun("inspect", "-o", "go-template", "--template", "{{.status.exitCode}}", id); code != "137" {
+		t.Errorf("exit code %q, want 137", code)
+	}
+	c.mustRun("stopp", podID)
 	c.mustRun("rmp", podID)
 }
