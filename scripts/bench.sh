@@ -59,3 +59,49 @@ summarize "$out/docker-run-true.json"
 echo "== guest boot: QEMU start to agent ready"
 cd "$top" && go test -run '^$' -bench BenchmarkBoot -benchtime "${runs}x" ./internal/sandbox | tee "$out/boot.txt"
 ls -l "$top/build/vmlinux" "$top/build/husk-initrd.img" | awk '{print $5, $9}'
+
+echo "== containerd: ctr run --rm true, husk's shim against runc's"
+services=$("$top/scripts/start-services.sh")
+for v in $(printf '%s\n' "$services" | grep -E '^HUSK_TEST_[A-Z_]+='); do export "$v"; done
+ctr="ctr -n $HUSK_TEST_CTR_NAMESPACE"
+image=docker.io/library/busybox:local
+hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/ctr-run-true.json" \
+  -n "ctr run (husk shim)" "$ctr run --rm --runtime io.containerd.husk.v2 $image bench-\$\$ true" \
+  -n "ctr run (runc shim)" "$ctr run --rm --runtime io.containerd.runc.v2 $image bench-\$\$ true"
+summarize "$out/ctr-run-true.json"
+
+echo "== CRI: a pod of 2 containers, from runp to both running (crictl, husk handler)"
+crictl="crictl -c $HUSK_TEST_CRICTL_CONFIG"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat > "$work/c1.json" <<JSON
+{"metadata": {"name": "one"}, "image": {"image": "$image"}, "command": ["sleep", "3600"], "log_path": "one.log", "linux": {}}
+JSON
+sed 's/"one"/"two"/; s/one.log/two.log/' "$work/c1.json" > "$work/c2.json"
+pod_up() { # N: starts pod N with two containers, prints its id
+  sed "s/NAME/bench-pod-$1/" > "$work/pod$1.json" <<JSON
+{"metadata": {"name": "NAME", "namespace": "bench", "uid": "NAME-uid"}, "log_directory": "$work", "linux": {}}
+JSON
+  local pod c
+  pod=$($crictl runp --runtime husk "$work/pod$1.json" 2>/dev/null)
+  for c in c1 c2; do $crictl start "$($crictl create "$pod" "$work/$c.json" "$work/pod$1.json" 2>/dev/null)" >/dev/null; done
+  echo "$pod"
+}
+pod_down() { $crictl stopp "$1" >/dev/null; $crictl rmp "$1" >/dev/null; }
+times=()
+for i in $(seq 1 "$runs"); do
+  start=$(date +%s%N)
+  pod=$(pod_up "$i")
+  end=$(date +%s%N)
+  times+=($(( (end - start) / 1000000 )))
+  [ "$i" = "$runs" ] || pod_down "$pod"
+done
+printf '%s\n' "${times[@]}" | python3 -c 'import sys, statistics; t=[int(x) for x in sys.stdin]; print(f"pod of 2 containers to running: median {statistics.median(t):.0f} ms, min {min(t)} ms, max {max(t)} ms ({len(t)} runs)")' | tee "$out/pod-up.txt"
+
+echo "== memory: PSS of one idle pod (QEMU + shim; pause and two sleeps inside), after it settled"
+sleep 10
+qemu_pid=$(pgrep -f -- "qemu-system.*/run/husk/containerd/k8s.io/$pod/")
+shim_pid=$(pgrep -f -- "^[^ ]*containerd-shim-husk-v2 -namespace k8s.io -id $pod ")
+q=$(pss "$qemu_pid"); s=$(pss "$shim_pid")
+echo "qemu ${q} KiB, shim ${s} KiB, total $((q + s)) KiB" | tee "$out/pod-pss.txt"
+pod_down "$pod"

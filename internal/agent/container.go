@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/opencontainers/cgroups/fs2"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -188,4 +189,18 @@ func receiveConsole(sock *os.File) (*os.File, error) {
 		return nil, fmt.Errorf("receiving the terminal: no file in the message")
 	}
 	return os.NewFile(uintptr(fds[0]), "console"), nil
+}
+
+// oomKills is the count of OOM kills in the container's cgroup, 0 when it
+// cannot be read (no memory controller, cgroup gone).
+func (c *container) oomKills() uint64 {
+	st, err := c.lc.State()
+	if err != nil {
+		return 0
+	}
+	n, err := fs2.OOMKillCount(st.CgroupPaths[""])
+	if err != nil {
+		return 0
+	}
+	return n
 }

@@ -380,13 +380,17 @@ func (s *Service) StatsContainer(ctx context.Context, req *agentapi.ContainerReq
 }
 
 func (s *Service) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {
-	_, p, err := s.process(req.GetContainerId(), req.GetExecId())
+	c, p, err := s.process(req.GetContainerId(), req.GetExecId())
 	if err != nil {
 		return nil, err
 	}
 	select {
 	case <-p.done:
-		return &agentapi.WaitProcessResponse{ExitStatus: int32(p.status)}, nil
+		resp := &agentapi.WaitProcessResponse{ExitStatus: int32(p.status)}
+		if req.GetExecId() == "" {
+			resp.OomKills = c.oomKills()
+		}
+		return resp, nil
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}

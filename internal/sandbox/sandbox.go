@@ -56,6 +56,9 @@ type ExitEvent struct {
 	GuestPID        int
 	Status          int
 	At              time.Time
+	// OOMKilled: the kernel's OOM killer struck in the container's cgroup
+	// (reported for a container's init process).
+	OOMKilled bool
 }
 
 // containerRecord is the sandbox's view of one container.
@@ -144,23 +147,23 @@ func (s *Sandbox) watchVM() {
 	now := time.Now()
 	for _, c := range s.containers {
 		for execID, p := range c.execs {
-			s.markExited(c, execID, p, exitStatusVMGone, now)
+			s.markExited(c, execID, p, exitStatusVMGone, now, false)
 		}
 		if !c.init.hasExited() {
 			s.log.Warn("guest exited under a running container", "container", c.id)
 		}
-		s.markExited(c, "", c.init, exitStatusVMGone, now)
+		s.markExited(c, "", c.init, exitStatusVMGone, now, false)
 	}
 }
 
 // markExited records a process's exit once. s.mu must be held.
-func (s *Sandbox) markExited(c *containerRecord, execID string, p *procRecord, status int, at time.Time) {
+func (s *Sandbox) markExited(c *containerRecord, execID string, p *procRecord, status int, at time.Time, oomKilled bool) {
 	if p.hasExited() {
 		return
 	}
 	p.exitStatus, p.exitedAt = status, at
 	if s.onExit != nil {
-		s.onExit(ExitEvent{Container: c.id, Exec: execID, GuestPID: p.guestPID, Status: status, At: at})
+		s.onExit(ExitEvent{Container: c.id, Exec: execID, GuestPID: p.guestPID, Status: status, At: at, OOMKilled: oomKilled})
 	}
 	close(p.exited)
 }
@@ -326,7 +329,7 @@ func (s *Sandbox) waitExit(c *containerRecord, execID string, p *procRecord, cop
 	closeAll(p.stdio)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.markExited(c, execID, p, int(resp.GetExitStatus()), time.Now())
+	s.markExited(c, execID, p, int(resp.GetExitStatus()), time.Now(), resp.GetOomKills() > 0)
 	s.log.Info("process exited", "container", c.id, "exec", execID, "status", p.exitStatus)
 }
 

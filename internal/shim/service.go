@@ -315,6 +315,9 @@ func (s *service) exited(e sandbox.ExitEvent) {
 		s.mu.Lock()
 		pid := s.vmPID()
 		s.mu.Unlock()
+		if e.OOMKilled {
+			s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: e.Container})
+		}
 		s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
 			ContainerID: e.Container, ID: id, Pid: pid,
 			ExitStatus: uint32(e.Status), ExitedAt: protobuf.ToTimestamp(e.At),

@@ -419,3 +419,17 @@ func TestCtrLogURIs(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestCtrOOM: a container that outgrows its memory limit is killed by the
+// guest's OOM killer, and containerd hears of it as a TaskOOM event.
+func TestCtrOOM(t *testing.T) {
+	c := newCtrEnv(t)
+	ev := c.watchEvents()
+	id := c.id()
+	r := c.run("", append(runFlags, "--rm", "--memory-limit", "33554432", ctrImage, id,
+		"sh", "-c", `x=$(head -c 200000000 /dev/zero | tr '\0' a); echo survived`)...)
+	if r.status != 137 || strings.Contains(r.stdout, "survived") {
+		t.Fatalf("over its limit: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	ev.waitFor(t, "/tasks/oom", id)
+}

@@ -773,7 +773,10 @@ func (x *ProcessRequest) GetExecId() string {
 type WaitProcessResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The exit code, or 128+signal when the process was killed by a signal.
-	ExitStatus    int32 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
+	ExitStatus int32 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
+	// For a container's init process: how many times the kernel's OOM
+	// killer struck in the container's cgroup (memory.events oom_kill).
+	OomKills      uint64 `protobuf:"varint,2,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +814,13 @@ func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
 func (x *WaitProcessResponse) GetExitStatus() int32 {
 	if x != nil {
 		return x.ExitStatus
+	}
+	return 0
+}
+
+func (x *WaitProcessResponse) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
 	}
 	return 0
 }
@@ -1113,10 +1123,11 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"L\n" +
 	"\x0eProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"S\n" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\x05R\n" +
-	"exitStatus\"|\n" +
+	"exitStatus\x12\x1b\n" +
+	"\toom_kills\x18\x02 \x01(\x04R\boomKills\"|\n" +
 	"\x14SignalProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x16\n" +
