@@ -54,11 +54,10 @@ func Run() error {
 		return err
 	}
 	svc := NewService(started, PowerOff)
-	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(recoverPanics))
+	server, err := newServer(svc)
 	if err != nil {
-		return fmt.Errorf("creating ttrpc server: %w", err)
+		return err
 	}
-	agentapi.RegisterAgentService(server, svc)
 
 	control, err := session.Open()
 	if err != nil {
@@ -74,6 +73,16 @@ func Run() error {
 		return errors.New("the host closed the agent channel")
 	}
 	return fmt.Errorf("serving the agent API: %w", err)
+}
+
+// newServer serves svc's API over ttrpc.
+func newServer(svc *Service) (*ttrpc.Server, error) {
+	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(recoverPanics))
+	if err != nil {
+		return nil, fmt.Errorf("creating ttrpc server: %w", err)
+	}
+	agentapi.RegisterAgentService(server, svc)
+	return server, nil
 }
 
 // recoverPanics turns a panic in a request into that request's error: the

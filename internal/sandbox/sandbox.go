@@ -142,6 +142,9 @@ func (s *Sandbox) VMExited() <-chan struct{} { return s.vm.Exited() }
 // and callers see the truth.
 func (s *Sandbox) watchVM() {
 	<-s.vm.Exited()
+	if s.vm.ChannelLost.Load() {
+		s.log.Error("the agent channel ended under a running guest; QEMU was killed")
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +49,12 @@ type VM struct {
 	exitErr error
 
 	sharedDir string // the share's root, a tmpfs mounted by StartVM
+
+	// stopping is set once Stop began: the channel's end is expected then.
+	stopping atomic.Bool
+	// ChannelLost is set when the agent channel ended under a running
+	// guest, which was then killed.
+	ChannelLost atomic.Bool
 
 	// Boot timings: QEMU started, agent connected; and the agent's own view.
 	Started, Ready time.Time
@@ -174,7 +181,26 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 		return nil, &BootError{Timeout: cfg.Agent.BootTimeout.Duration, Cause: err}
 	}
 	vm.Ready = time.Now()
+	go vm.watchChannel()
 	return vm, nil
+}
+
+// watchChannel ends QEMU when the agent channel ends while QEMU runs: a
+// guest nobody can reach anymore would leave its containers' callers
+// waiting for ever, and ending it reports them dead instead.
+func (vm *VM) watchChannel() {
+	select {
+	case <-vm.session.CloseChan():
+	case <-vm.exited:
+		return
+	}
+	if vm.stopping.Load() {
+		return
+	}
+	vm.ChannelLost.Store(true)
+	if vm.cmd.Process != nil {
+		_ = vm.cmd.Process.Kill()
+	}
 }
 
 // BootError is a guest that did not come up; ConsoleLog names the kept copy
@@ -300,6 +326,7 @@ func (vm *VM) OpenStream(h *agentapi.StreamHeader) (net.Conn, error) {
 // Stop shuts the guest down: the agent powers it off, or QEMU is told to
 // quit, or it is killed; Stop returns once QEMU has exited.
 func (vm *VM) Stop(timeout time.Duration) {
+	vm.stopping.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if vm.Agent != nil {

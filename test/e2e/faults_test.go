@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -188,4 +189,72 @@ func TestStateRootFull(t *testing.T) {
 		t.Fatal("state directory left behind")
 	}
 	os.Remove(filepath.Join(root, "filler"))
+}
+
+// severAgentChannel shuts down the daemon's end of the agent channel from
+// outside: it takes a copy of the daemon's socket with pidfd_getfd(2) and
+// shuts the socket down, which acts on the daemon's end itself.
+func severAgentChannel(t *testing.T, daemon int) {
+	t.Helper()
+	unixSockets, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentInodes := map[string]bool{}
+	for _, line := range strings.Split(string(unixSockets), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && filepath.Base(f[7]) == "agent.sock" {
+			agentInodes[f[6]] = true
+		}
+	}
+	fdDir := filepath.Join("/proc", strconv.Itoa(daemon), "fd")
+	entries, err := os.ReadDir(fdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidfd, err := unix.PidfdOpen(daemon, 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	for _, ent := range entries {
+		link, _ := os.Readlink(filepath.Join(fdDir, ent.Name()))
+		inode := strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")
+		if !agentInodes[inode] {
+			continue
+		}
+		target, _ := strconv.Atoi(ent.Name())
+		fd, err := unix.PidfdGetfd(pidfd, target, 0)
+		if err != nil {
+			t.Skipf("pidfd_getfd: %v", err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatalf("no agent channel among the daemon's descriptors")
+}
+
+// TestAgentChannelClosed: when the host's end of the agent channel goes, the
+// guest can no longer be reached; the daemon ends it, callers waiting on the
+// container see 137 and delete cleans everything.
+func TestAgentChannelClosed(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	id := e.id()
+	standIn := e.create(id)
+	e.start(id)
+	daemon, qemu := e.sandboxPIDs(id)
+	severAgentChannel(t, daemon)
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in exit status %d, want 137", status)
+	}
+	waitFor(t, "QEMU to be gone", func() bool { return !processAlive(qemu) })
+	waitFor(t, "the container to read stopped", func() bool {
+		status, _ := e.state(id)
+		return status == "stopped"
+	})
+	e.mustRun("delete", id)
 }

@@ -3,12 +3,14 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // parallelism is how many sandboxes the parallel tests start at once.
@@ -44,12 +46,83 @@ func TestParallelRuns(t *testing.T) {
 
 func TestParallelDockerRuns(t *testing.T) {
 	d := newDockerEnv(t)
+	// dockerd keeps more connections open after a burst of parallel runs,
+	// whatever the runtime: the same burst under runc first sets the
+	// baseline that husk's runs must come back to.
+	inParallel(parallelism, func(i int) result {
+		return d.run("", "run", "--rm", "--runtime", "runc", "busybox:local", "true")
+	})
+	baselines := fdBaselines(t, "dockerd", "containerd")
 	results := inParallel(parallelism, func(i int) result {
 		return d.run("", "run", "--rm", "--runtime", "husk", "busybox:local", "echo", fmt.Sprint("n", i))
 	})
 	for i, r := range results {
 		if r.status != 0 || r.stdout != fmt.Sprintf("n%d\n", i) {
 			t.Errorf("docker run %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
+		}
+	}
+	baselines.check(t)
+}
+
+func TestParallelCtrRuns(t *testing.T) {
+	c := newCtrEnv(t)
+	baselines := fdBaselines(t, "containerd")
+	results := inParallel(parallelism, func(i int) result {
+		return c.run("", append(runFlags, "--rm", ctrImage, c.id(), "echo", fmt.Sprint("n", i))...)
+	})
+	for i, r := range results {
+		if r.status != 0 || r.stdout != fmt.Sprintf("n%d\n", i) {
+			t.Errorf("ctr run %d: status %d, stdout %q, stderr %q", i, r.status, r.stdout, r.stderr)
+		}
+	}
+	baselines.check(t)
+}
+
+// fdBaseline is a long-lived process's count of open descriptors.
+type fdBaseline struct {
+	name  string
+	pid   int
+	count int
+}
+
+type fdBaselineSet []fdBaseline
+
+// fdBaselines records the open descriptors of the named daemons (each the
+// oldest process of that name), which the sandboxes a test runs must not
+// leave any more of.
+func fdBaselines(t *testing.T, names ...string) fdBaselineSet {
+	t.Helper()
+	var set fdBaselineSet
+	for _, name := range names {
+		out, err := exec.Command("pgrep", "-o", "-x", name).Output()
+		if err != nil {
+			t.Skipf("no %s running: %v", name, err)
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+		set = append(set, fdBaseline{name: name, pid: pid, count: fdCount(pid)})
+	}
+	return set
+}
+
+func fdCount(pid int) int {
+	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(entries)
+}
+
+// check waits for every daemon's descriptors to come back to the baseline;
+// a few are allowed for connections the daemon keeps for itself.
+func (set fdBaselineSet) check(t *testing.T) {
+	t.Helper()
+	const slack = 4
+	for _, b := range set {
+		deadline := time.Now().Add(15 * time.Second)
+		for fdCount(b.pid) > b.count+slack && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if n := fdCount(b.pid); n > b.count+slack {
+			t.Errorf("%s (pid %d) has %d open descriptors, %d before the runs", b.name, b.pid, n, b.count)
+		} else {
+			t.Logf("%s: %d open descriptors, %d before the runs", b.name, n, b.count)
 		}
 	}
 }
