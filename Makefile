@@ -31,7 +31,7 @@ $(BUILD)/husk-agent: $(GOFILES)
 		-ldflags '$(LDFLAGS) -s -w -extldflags -static' -o $@ ./cmd/husk-agent
 
 $(BUILD)/husk-mkinitrd: $(GOFILES)
-	$(GO) build -trimpath -o $@ ./cmd/husk-mkinitrd
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/husk-mkinitrd
 
 $(BUILD)/husk-initrd.img: $(BUILD)/husk-agent $(BUILD)/husk-mkinitrd
 	$(BUILD)/husk-mkinitrd -agent $(BUILD)/husk-agent -o $@

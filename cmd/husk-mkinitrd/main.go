@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 
 	"github.com/husk-runtime/husk/internal/initrd"
+	"github.com/husk-runtime/husk/internal/version"
 )
 
 func main() {
@@ -60,7 +61,7 @@ func mkinitrd(agentPath, outPath string) error {
 		return fmt.Errorf("agent %s: %w", agentPath, err)
 	}
 	return writeFileAtomic(outPath, func(w io.Writer) error {
-		return initrd.Write(w, initrd.Guest(agent))
+		return initrd.Write(w, initrd.Guest(agent, "husk-agent "+version.Version))
 	})
 }
 

@@ -7,7 +7,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/husk-runtime/husk/internal/qemu"
+	"github.com/husk-runtime/husk/internal/version"
+	"golang.org/x/sys/unix"
 )
+
+// cgroupV2 reports whether the host mounts the unified cgroup hierarchy.
+func cgroupV2() bool {
+	var st unix.Statfs_t
+	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
 
 func newCheckCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
@@ -28,6 +36,8 @@ func newCheckCommand(g *globals) *cobra.Command {
 				}
 				fmt.Printf("%s %-14s %s\n", mark, what, detail)
 			}
+			// warn is for what husk runs without but a user may want.
+			warn := func(what, detail string) { fmt.Printf("warn %-14s %s\n", what, detail) }
 			source := cfg.Source
 			if source == "" {
 				source = "built-in defaults"
@@ -43,17 +53,31 @@ func newCheckCommand(g *globals) *cobra.Command {
 			} else {
 				report(true, "accelerator", fmt.Sprintf("%s: %s", accel, why))
 			}
-			for _, asset := range []struct{ what, path string }{
-				{"kernel", cfg.Hypervisor.Kernel}, {"initrd", cfg.Hypervisor.Initrd},
-			} {
-				if fi, err := os.Stat(asset.path); err != nil {
-					report(false, asset.what, err.Error())
-				} else {
-					report(true, asset.what, fmt.Sprintf("%s (%d bytes)", asset.path, fi.Size()))
-				}
+			if release, err := kernelRelease(cfg.Hypervisor.Kernel); err != nil {
+				report(false, "kernel", err.Error())
+			} else {
+				report(true, "kernel", fmt.Sprintf("%s (Linux %s)", cfg.Hypervisor.Kernel, release))
+			}
+			// The agent speaks the API of the husk that built it.
+			if agent, err := agentRelease(cfg.Hypervisor.Initrd); err != nil {
+				report(false, "initrd", err.Error())
+			} else if agent != version.Version {
+				report(false, "initrd", fmt.Sprintf("%s holds the agent of husk %s, this is husk %s: rebuild it (make guest)", cfg.Hypervisor.Initrd, agent, version.Version))
+			} else {
+				report(true, "initrd", fmt.Sprintf("%s (agent of husk %s)", cfg.Hypervisor.Initrd, agent))
 			}
 			if _, err := os.Stat("/usr/bin/unshare"); err != nil {
 				report(false, "unshare", "util-linux's unshare is needed to start sandbox daemons: "+err.Error())
+			}
+			if fi, err := os.Stat("/dev/net/tun"); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+				warn("tun", "/dev/net/tun is missing: containers get no network beyond loopback (modprobe tun)")
+			} else {
+				report(true, "tun", "/dev/net/tun")
+			}
+			if cgroupV2() {
+				report(true, "cgroups", "v2 (unified) on the host; containers' cgroups live in the guest")
+			} else {
+				report(true, "cgroups", "v1 on the host; containers' cgroups live in the guest (v2)")
 			}
 			if failed > 0 {
 				return fmt.Errorf("%d check(s) failed", failed)

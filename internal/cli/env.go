@@ -29,7 +29,9 @@ type versions struct {
 	OCISpec   string `toml:"oci_spec" json:"oci_spec"`
 	QEMU      string `toml:"qemu" json:"qemu"`
 	Accel     string `toml:"accel" json:"accel"`
+	Kernel    string `toml:"kernel" json:"kernel"`
 	KernelSHA string `toml:"kernel_sha256" json:"kernel_sha256"`
+	Agent     string `toml:"agent" json:"agent"`
 	InitrdSHA string `toml:"initrd_sha256" json:"initrd_sha256"`
 }
 
@@ -37,7 +39,7 @@ func newEnvCommand(g *globals) *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "env [--format toml|json]",
-		Short: "print the effective configuration and the versions of husk, QEMU, kernel and initrd",
+		Short: "print the effective configuration and the versions of husk, QEMU, kernel and agent",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := g.config()
@@ -55,6 +57,8 @@ func newEnvCommand(g *globals) *cobra.Command {
 			} else {
 				env.Versions.Accel = "unavailable: " + err.Error()
 			}
+			env.Versions.Kernel = orUnavailable(kernelRelease(cfg.Hypervisor.Kernel))
+			env.Versions.Agent = orUnavailable(agentRelease(cfg.Hypervisor.Initrd))
 			env.Versions.KernelSHA = fileSHA256(cfg.Hypervisor.Kernel)
 			env.Versions.InitrdSHA = fileSHA256(cfg.Hypervisor.Initrd)
 			switch format {
@@ -70,6 +74,13 @@ func newEnvCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&format, "format", "toml", "toml or json")
 	return cmd
+}
+
+func orUnavailable(v string, err error) string {
+	if err != nil {
+		return "unavailable: " + err.Error()
+	}
+	return v
 }
 
 // fileSHA256 identifies a guest asset by content; the error text if unreadable.

@@ -9,10 +9,14 @@ import (
 	"os"
 )
 
+// ReleaseFile names, in the guest image, the husk version that built it.
+const ReleaseFile = "etc/husk-release"
+
 // Guest returns the entries of the standard guest image: the mount points
-// the agent needs, a console, and the agent itself as /init. The /init entry
-// shares agentBinary rather than copying it.
-func Guest(agentBinary []byte) []Entry {
+// the agent needs, a console, the agent itself as /init and the release
+// file naming the husk version that built it. The /init entry shares
+// agentBinary rather than copying it.
+func Guest(agentBinary []byte, release string) []Entry {
 	const dir = os.ModeDir | 0o755
 	return []Entry{
 		{Path: "dev", Mode: dir},
@@ -24,6 +28,8 @@ func Guest(agentBinary []byte) []Entry {
 		{Path: "sys", Mode: dir},
 		{Path: "run", Mode: dir},
 		{Path: "tmp", Mode: os.ModeDir | os.ModeSticky | 0o777},
+		{Path: "etc", Mode: dir},
+		{Path: ReleaseFile, Mode: 0o644, Data: []byte(release + "\n")},
 		{Path: "init", Mode: 0o755, Data: agentBinary},
 	}
 }

@@ -15,7 +15,8 @@ import (
 
 func TestGuest(t *testing.T) {
 	agent := []byte("\x7fELF pretend agent")
-	got := readBack(t, writeArchive(t, Guest(agent)))
+	archive := writeArchive(t, Guest(agent, "husk-agent 1.2.3"))
+	got := readBack(t, archive)
 
 	want := []struct {
 		name string
@@ -24,6 +25,8 @@ func TestGuest(t *testing.T) {
 	}{
 		{"dev", 0o040755, [2]uint32{}},
 		{"dev/console", 0o020600, [2]uint32{5, 1}},
+		{"etc", 0o040755, [2]uint32{}},
+		{"etc/husk-release", 0o100644, [2]uint32{}},
 		{"init", 0o100755, [2]uint32{}},
 		{"proc", 0o040755, [2]uint32{}},
 		{"run", 0o040755, [2]uint32{}},
@@ -42,6 +45,15 @@ func TestGuest(t *testing.T) {
 		if w.name == "init" && !bytes.Equal(g.data, agent) {
 			t.Errorf("init holds %q, want the agent %q", g.data, agent)
 		}
+	}
+	if release, err := ReadFile(archive, ReleaseFile); err != nil || string(release) != "husk-agent 1.2.3\n" {
+		t.Errorf("release file %q, %v", release, err)
+	}
+	if _, err := ReadFile(archive, "etc/passwd"); err == nil {
+		t.Error("ReadFile found a file that is not there")
+	}
+	if _, err := ReadFile([]byte("garbage"), ReleaseFile); err == nil {
+		t.Error("ReadFile read garbage")
 	}
 }
 
@@ -138,7 +150,7 @@ func TestGNUCpio(t *testing.T) {
 		t.Skip("cpio is not installed (apt-get install cpio); the other tests still read the archive back")
 	}
 	agent := bytes.Repeat([]byte("agent"), 1001) // not a multiple of 4
-	entries := append(Guest(agent), Entry{Path: "tmp/note", Mode: 0o640, Data: []byte("hi")})
+	entries := append(Guest(agent, "husk-agent test"), Entry{Path: "tmp/note", Mode: 0o640, Data: []byte("hi")})
 	archivePath := filepath.Join(t.TempDir(), "initrd.cpio")
 	if err := os.WriteFile(archivePath, writeArchive(t, entries), 0o644); err != nil {
 		t.Fatal(err)
@@ -163,7 +175,7 @@ func TestGNUCpio(t *testing.T) {
 	}
 
 	listing := strings.Fields(run("", "-it", "--quiet"))
-	wantNames := []string{"dev", "dev/console", "init", "proc", "run", "sys", "tmp", "tmp/note"}
+	wantNames := []string{"dev", "dev/console", "etc", "etc/husk-release", "init", "proc", "run", "sys", "tmp", "tmp/note"}
 	if !slices.Equal(listing, wantNames) {
 		t.Errorf("cpio -it lists %v, want %v", listing, wantNames)
 	}

@@ -162,7 +162,7 @@ func TestWriteParentsFirst(t *testing.T) {
 }
 
 func TestWriteReproducible(t *testing.T) {
-	in := Guest([]byte("\x7fELF agent bytes"))
+	in := Guest([]byte("\x7fELF agent bytes"), "husk-agent test")
 	in = append(in, Entry{Path: "tmp/x", Mode: 0o600, Data: []byte("xyz")})
 	orig := slices.Clone(in)
 
@@ -252,7 +252,7 @@ func TestWriteReportsWriterError(t *testing.T) {
 	agent := bytes.Repeat([]byte{0x90}, 64<<10) // larger than bufio's buffer
 	for _, limit := range []int{0, 100, 5000, 66000} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
-			err := Write(&failingWriter{limit: limit}, Guest(agent))
+			err := Write(&failingWriter{limit: limit}, Guest(agent, "husk-agent test"))
 			if !errors.Is(err, errDiskFull) {
 				t.Errorf("Write = %v, want %v", err, errDiskFull)
 			}

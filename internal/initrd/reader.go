@@ -16,6 +16,21 @@ type cpioEntry struct {
 	data                              []byte
 }
 
+// ReadFile returns the data of the entry called name in a newc archive
+// written by Write.
+func ReadFile(archive []byte, name string) ([]byte, error) {
+	entries, err := readArchive(archive)
+	if err != nil {
+		return nil, fmt.Errorf("reading the archive: %w", err)
+	}
+	for _, e := range entries {
+		if e.name == name {
+			return e.data, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: not in the archive", name)
+}
+
 // readArchive parses a newc archive strictly: every header must carry the
 // newc magic and well-formed hex fields, every name must be NUL-terminated,
 // all padding must be zeros, the archive must end with the trailer, and what
