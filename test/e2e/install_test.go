@@ -32,7 +32,7 @@ func TestInstallAndPackage(t *testing.T) {
 	os.WriteFile(cfg, []byte("[hypervisor]\nkernel = \""+filepath.Join(dest, "usr/local/share/husk/vmlinux")+
 		"\"\ninitrd = \""+filepath.Join(dest, "usr/local/share/husk/husk-initrd.img")+"\"\n"), 0o644)
 	out, err := exec.Command(filepath.Join(dest, "usr/local/bin/husk"), "--config", cfg, "check").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "accelerator") {
+	if err != nil || !strings.Contains(string(out), "accelerator") || !strings.Contains(string(out), "(Linux 6.1.") || !strings.Contains(string(out), "(agent of husk ") {
 		t.Fatalf("installed husk check: %v\n%s", err, out)
 	}
 	if out, err := exec.Command("make", "-C", repo, "uninstall", "DESTDIR="+dest).CombinedOutput(); err != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/husk-runtime/husk/internal/initrd"
 )
 
 func TestRunEcho(t *testing.T) {
@@ -263,4 +266,28 @@ func TestBootTimeoutNamesConsoleLog(t *testing.T) {
 		t.Fatalf("console log not kept: %v", err)
 	}
 	os.Remove(kept)
+}
+
+// TestCheckRefusesAnotherHusksGuest: an initrd built by another husk holds
+// an agent that may speak another API; check says so and fails.
+func TestCheckRefusesAnotherHusksGuest(t *testing.T) {
+	e := newEnv(t)
+	var archive bytes.Buffer
+	if err := initrd.Write(&archive, initrd.Guest([]byte("\x7fELF not run"), "husk-agent 0.0.1-elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(e.root, "other-initrd.img")
+	if err := os.WriteFile(other, archive.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.writeConfig("")
+	body, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, bytes.Replace(body, []byte(filepath.Join(buildDir, "husk-initrd.img")), []byte(other), 1), 0o644)
+	r := e.run("", "check")
+	if r.status == 0 || !strings.Contains(r.stdout, "FAIL initrd") || !strings.Contains(r.stdout, "0.0.1-elsewhere") {
+		t.Fatalf("check with another husk's initrd: status %d, stdout %q", r.status, r.stdout)
+	}
+	if r := e.run("", "check"); !strings.Contains(r.stdout, "ok   kernel") {
+		t.Errorf("kernel line: %q", r.stdout)
+	}
 }
