@@ -22,8 +22,9 @@ const (
 
 // Params are the agent's settings from the kernel command line (husk.*).
 type Params struct {
-	MSize int  // 9p msize
-	Debug bool // log to the console
+	MSize        int  // 9p msize
+	Debug        bool // log to the console
+	DebugConsole bool // serve DebugConsole (the image holds a busybox)
 }
 
 // ParseCmdline reads husk.* parameters from a kernel command line.
@@ -40,6 +41,8 @@ func ParseCmdline(cmdline string) (Params, error) {
 			p.MSize = n
 		case "husk.debug":
 			p.Debug = value == "1" || value == "true"
+		case "husk.debug_console":
+			p.DebugConsole = value == "1" || value == "true"
 		}
 	}
 	return p, nil

@@ -54,6 +54,7 @@ func Run() error {
 		return err
 	}
 	svc := NewService(started, PowerOff)
+	svc.debugConsole = params.DebugConsole
 	server, err := newServer(svc)
 	if err != nil {
 		return err

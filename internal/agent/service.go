@@ -31,6 +31,9 @@ type Service struct {
 	streams  *streamTable
 	powerOff func()
 
+	// debugConsole: the guest was booted to serve DebugConsole.
+	debugConsole bool
+
 	startedNs, readyNs int64
 	kernelRelease      string
 

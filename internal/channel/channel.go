@@ -104,8 +104,13 @@ func ReadHeader(r io.Reader) (*agentapi.StreamHeader, error) {
 	if err := proto.Unmarshal(body, h); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadHeader, err)
 	}
-	if h.GetContainerId() == "" || h.GetKind() == agentapi.StreamHeader_UNKNOWN {
-		return nil, fmt.Errorf("%w: container id and kind are required", ErrBadHeader)
+	if h.GetKind() == agentapi.StreamHeader_UNKNOWN {
+		return nil, fmt.Errorf("%w: kind is required", ErrBadHeader)
+	}
+	// A terminal of no container is the guest's debug console's.
+	debugConsole := h.GetKind() == agentapi.StreamHeader_TERMINAL && h.GetExecId() != ""
+	if h.GetContainerId() == "" && !debugConsole {
+		return nil, fmt.Errorf("%w: container id is required", ErrBadHeader)
 	}
 	return h, nil
 }

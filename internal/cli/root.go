@@ -97,6 +97,7 @@ func newRoot(g *globals) *cobra.Command {
 		newDeleteCommand(g),
 		newVersionCommand(g),
 		newCheckCommand(g),
+		newDebugConsoleCommand(g),
 		newDaemonCommand(g),
 		newStandInCommand(g),
 		newCreateCommand(g),

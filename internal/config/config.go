@@ -55,7 +55,8 @@ type Agent struct {
 
 // Runtime holds general settings.
 type Runtime struct {
-	Debug bool `toml:"debug" json:"debug"`
+	Debug        bool `toml:"debug" json:"debug"`
+	DebugConsole bool `toml:"debug_console" json:"debug_console"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.

@@ -32,6 +32,9 @@ const (
 	OpResume   = "resume"
 	OpUpdate   = "update"
 	OpStats    = "stats"
+	// OpDebugConsole opens a shell in the guest on the passed terminal
+	// input and output; the reply comes when the shell has exited.
+	OpDebugConsole = "debug-console"
 )
 
 // maxMessage bounds one request or reply.

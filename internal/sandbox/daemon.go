@@ -146,8 +146,8 @@ func stdioOf(req *control.Request, files []*os.File) (Stdio, error) {
 
 func (d *Daemon) handle(req *control.Request, files []*os.File, gone <-chan struct{}) (*control.Reply, error) {
 	switch req.Op {
-	case control.OpCreate, control.OpExec:
-		reply, err := d.withStdio(req, files)
+	case control.OpCreate, control.OpExec, control.OpDebugConsole:
+		reply, err := d.withStdio(req, files, gone)
 		if err != nil {
 			closeFiles(files)
 		}
@@ -192,10 +192,24 @@ func (d *Daemon) handle(req *control.Request, files []*os.File, gone <-chan stru
 }
 
 // withStdio serves the requests that carry a process's stdio.
-func (d *Daemon) withStdio(req *control.Request, files []*os.File) (*control.Reply, error) {
+func (d *Daemon) withStdio(req *control.Request, files []*os.File, gone <-chan struct{}) (*control.Reply, error) {
+	if req.Op == control.OpDebugConsole {
+		req.Terminal = true
+	}
 	stdio, err := stdioOf(req, files)
 	if err != nil {
 		return nil, err
+	}
+	if req.Op == control.OpDebugConsole {
+		done, err := d.sb.DebugConsole(stdio)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-done:
+		case <-gone:
+		}
+		return &control.Reply{}, nil
 	}
 	if req.Op == control.OpExec {
 		pid, err := d.sb.Exec(req.Container, req.ExecID, req.Process, stdio)

@@ -115,7 +115,15 @@ func Boot(opts Options) (*Sandbox, error) {
 	}
 	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
 		containers: map[string]*containerRecord{}}
-	vm, err := StartVM(VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config})
+	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
+	if opts.Config.Runtime.DebugConsole {
+		image, err := writeDebugInitrd(opts.Dir, opts.Config.Hypervisor.Initrd)
+		if err != nil {
+			return nil, err
+		}
+		vmOpts.Initrd = image
+	}
+	vm, err := StartVM(vmOpts)
 	var bootErr *BootError
 	if errors.As(err, &bootErr) {
 		bootErr.ConsoleLog = keepConsoleLog(opts.Dir, opts.ID)

@@ -66,6 +66,8 @@ type VMOptions struct {
 	ID     string
 	Dir    string // the sandbox's state directory, absolute
 	Config *config.Config
+	// Initrd, when set, replaces the configured guest image.
+	Initrd string
 }
 
 // kernelArgs is the guest's command line: console on the ISA serial port;
@@ -79,6 +81,9 @@ func kernelArgs(cfg *config.Config) string {
 	} else {
 		args = append(args, "quiet")
 	}
+	if cfg.Runtime.DebugConsole {
+		args = append(args, "husk.debug_console=1")
+	}
 	if cfg.Hypervisor.KernelParams != "" {
 		args = append(args, cfg.Hypervisor.KernelParams)
 	}
@@ -88,11 +93,15 @@ func kernelArgs(cfg *config.Config) string {
 // vmConfig builds QEMU's configuration for the sandbox.
 func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
 	h := opts.Config.Hypervisor
+	initrd := h.Initrd
+	if opts.Initrd != "" {
+		initrd = opts.Initrd
+	}
 	return &qemu.Config{
 		Binary:     h.Path,
 		Name:       opts.ID,
 		Kernel:     h.Kernel,
-		Initrd:     h.Initrd,
+		Initrd:     initrd,
 		KernelArgs: kernelArgs(opts.Config),
 		CPUs:       h.VCPUs,
 		MemoryMiB:  h.MemoryMiB,

@@ -82,7 +82,7 @@ func (x StreamHeader_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StreamHeader_Kind.Descriptor instead.
 func (StreamHeader_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16, 0}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17, 0}
 }
 
 type ExecProcessRequest struct {
@@ -417,6 +417,66 @@ func (*Empty) Descriptor() ([]byte, []int) {
 	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
+type DebugConsoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExecId        string                 `protobuf:"bytes,1,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	Rows          uint32                 `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,3,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DebugConsoleRequest) Reset() {
+	*x = DebugConsoleRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugConsoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugConsoleRequest) ProtoMessage() {}
+
+func (x *DebugConsoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugConsoleRequest.ProtoReflect.Descriptor instead.
+func (*DebugConsoleRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DebugConsoleRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+func (x *DebugConsoleRequest) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *DebugConsoleRequest) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
 type PingRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -425,7 +485,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +497,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +510,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 type PingResponse struct {
@@ -467,7 +527,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +539,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +552,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PingResponse) GetVersion() string {
@@ -544,7 +604,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +616,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +629,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateContainerRequest) GetContainerId() string {
@@ -638,7 +698,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +710,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +723,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateContainerResponse) GetPid() int32 {
@@ -682,7 +742,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +754,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +767,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -728,7 +788,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +800,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +813,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ProcessRequest) GetContainerId() string {
@@ -783,7 +843,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +855,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +868,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -838,7 +898,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +910,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +923,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -906,7 +966,7 @@ type ResizeTerminalRequest struct {
 
 func (x *ResizeTerminalRequest) Reset() {
 	*x = ResizeTerminalRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +978,7 @@ func (x *ResizeTerminalRequest) String() string {
 func (*ResizeTerminalRequest) ProtoMessage() {}
 
 func (x *ResizeTerminalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +991,7 @@ func (x *ResizeTerminalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTerminalRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTerminalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResizeTerminalRequest) GetContainerId() string {
@@ -972,7 +1032,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1044,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1057,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1026,7 +1086,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1098,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1111,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1100,7 +1160,11 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x16StatsContainerResponse\x12\x1d\n" +
 	"\n" +
 	"stats_json\x18\x01 \x01(\fR\tstatsJson\"\a\n" +
-	"\x05Empty\"\r\n" +
+	"\x05Empty\"V\n" +
+	"\x13DebugConsoleRequest\x12\x17\n" +
+	"\aexec_id\x18\x01 \x01(\tR\x06execId\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x03 \x01(\rR\x04cols\"\r\n" +
 	"\vPingRequest\"\x89\x01\n" +
 	"\fPingResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
@@ -1152,7 +1216,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x06STDOUT\x10\x02\x12\n" +
 	"\n" +
 	"\x06STDERR\x10\x03\x12\f\n" +
-	"\bTERMINAL\x10\x042\xd2\b\n" +
+	"\bTERMINAL\x10\x042\x9c\t\n" +
 	"\x05Agent\x12?\n" +
 	"\x04Ping\x12\x1a.husk.agent.v1.PingRequest\x1a\x1b.husk.agent.v1.PingResponse\x12`\n" +
 	"\x0fCreateContainer\x12%.husk.agent.v1.CreateContainerRequest\x1a&.husk.agent.v1.CreateContainerResponse\x12G\n" +
@@ -1167,7 +1231,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fResumeContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a\x14.husk.agent.v1.Empty\x12N\n" +
 	"\x0fUpdateContainer\x12%.husk.agent.v1.UpdateContainerRequest\x1a\x14.husk.agent.v1.Empty\x12X\n" +
 	"\x0eStatsContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a%.husk.agent.v1.StatsContainerResponse\x126\n" +
-	"\bShutdown\x12\x14.husk.agent.v1.Empty\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
+	"\bShutdown\x12\x14.husk.agent.v1.Empty\x1a\x14.husk.agent.v1.Empty\x12H\n" +
+	"\fDebugConsole\x12\".husk.agent.v1.DebugConsoleRequest\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1182,7 +1247,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(StreamHeader_Kind)(0),          // 0: husk.agent.v1.StreamHeader.Kind
 	(*ExecProcessRequest)(nil),      // 1: husk.agent.v1.ExecProcessRequest
@@ -1191,50 +1256,53 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*UpdateContainerRequest)(nil),  // 4: husk.agent.v1.UpdateContainerRequest
 	(*StatsContainerResponse)(nil),  // 5: husk.agent.v1.StatsContainerResponse
 	(*Empty)(nil),                   // 6: husk.agent.v1.Empty
-	(*PingRequest)(nil),             // 7: husk.agent.v1.PingRequest
-	(*PingResponse)(nil),            // 8: husk.agent.v1.PingResponse
-	(*CreateContainerRequest)(nil),  // 9: husk.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 10: husk.agent.v1.CreateContainerResponse
-	(*ContainerRequest)(nil),        // 11: husk.agent.v1.ContainerRequest
-	(*ProcessRequest)(nil),          // 12: husk.agent.v1.ProcessRequest
-	(*WaitProcessResponse)(nil),     // 13: husk.agent.v1.WaitProcessResponse
-	(*SignalProcessRequest)(nil),    // 14: husk.agent.v1.SignalProcessRequest
-	(*ResizeTerminalRequest)(nil),   // 15: husk.agent.v1.ResizeTerminalRequest
-	(*RemoveContainerRequest)(nil),  // 16: husk.agent.v1.RemoveContainerRequest
-	(*StreamHeader)(nil),            // 17: husk.agent.v1.StreamHeader
+	(*DebugConsoleRequest)(nil),     // 7: husk.agent.v1.DebugConsoleRequest
+	(*PingRequest)(nil),             // 8: husk.agent.v1.PingRequest
+	(*PingResponse)(nil),            // 9: husk.agent.v1.PingResponse
+	(*CreateContainerRequest)(nil),  // 10: husk.agent.v1.CreateContainerRequest
+	(*CreateContainerResponse)(nil), // 11: husk.agent.v1.CreateContainerResponse
+	(*ContainerRequest)(nil),        // 12: husk.agent.v1.ContainerRequest
+	(*ProcessRequest)(nil),          // 13: husk.agent.v1.ProcessRequest
+	(*WaitProcessResponse)(nil),     // 14: husk.agent.v1.WaitProcessResponse
+	(*SignalProcessRequest)(nil),    // 15: husk.agent.v1.SignalProcessRequest
+	(*ResizeTerminalRequest)(nil),   // 16: husk.agent.v1.ResizeTerminalRequest
+	(*RemoveContainerRequest)(nil),  // 17: husk.agent.v1.RemoveContainerRequest
+	(*StreamHeader)(nil),            // 18: husk.agent.v1.StreamHeader
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: husk.agent.v1.StreamHeader.kind:type_name -> husk.agent.v1.StreamHeader.Kind
-	7,  // 1: husk.agent.v1.Agent.Ping:input_type -> husk.agent.v1.PingRequest
-	9,  // 2: husk.agent.v1.Agent.CreateContainer:input_type -> husk.agent.v1.CreateContainerRequest
-	11, // 3: husk.agent.v1.Agent.StartContainer:input_type -> husk.agent.v1.ContainerRequest
-	12, // 4: husk.agent.v1.Agent.WaitProcess:input_type -> husk.agent.v1.ProcessRequest
-	14, // 5: husk.agent.v1.Agent.SignalProcess:input_type -> husk.agent.v1.SignalProcessRequest
-	15, // 6: husk.agent.v1.Agent.ResizeTerminal:input_type -> husk.agent.v1.ResizeTerminalRequest
-	16, // 7: husk.agent.v1.Agent.RemoveContainer:input_type -> husk.agent.v1.RemoveContainerRequest
+	8,  // 1: husk.agent.v1.Agent.Ping:input_type -> husk.agent.v1.PingRequest
+	10, // 2: husk.agent.v1.Agent.CreateContainer:input_type -> husk.agent.v1.CreateContainerRequest
+	12, // 3: husk.agent.v1.Agent.StartContainer:input_type -> husk.agent.v1.ContainerRequest
+	13, // 4: husk.agent.v1.Agent.WaitProcess:input_type -> husk.agent.v1.ProcessRequest
+	15, // 5: husk.agent.v1.Agent.SignalProcess:input_type -> husk.agent.v1.SignalProcessRequest
+	16, // 6: husk.agent.v1.Agent.ResizeTerminal:input_type -> husk.agent.v1.ResizeTerminalRequest
+	17, // 7: husk.agent.v1.Agent.RemoveContainer:input_type -> husk.agent.v1.RemoveContainerRequest
 	1,  // 8: husk.agent.v1.Agent.ExecProcess:input_type -> husk.agent.v1.ExecProcessRequest
-	11, // 9: husk.agent.v1.Agent.ListProcesses:input_type -> husk.agent.v1.ContainerRequest
-	11, // 10: husk.agent.v1.Agent.PauseContainer:input_type -> husk.agent.v1.ContainerRequest
-	11, // 11: husk.agent.v1.Agent.ResumeContainer:input_type -> husk.agent.v1.ContainerRequest
+	12, // 9: husk.agent.v1.Agent.ListProcesses:input_type -> husk.agent.v1.ContainerRequest
+	12, // 10: husk.agent.v1.Agent.PauseContainer:input_type -> husk.agent.v1.ContainerRequest
+	12, // 11: husk.agent.v1.Agent.ResumeContainer:input_type -> husk.agent.v1.ContainerRequest
 	4,  // 12: husk.agent.v1.Agent.UpdateContainer:input_type -> husk.agent.v1.UpdateContainerRequest
-	11, // 13: husk.agent.v1.Agent.StatsContainer:input_type -> husk.agent.v1.ContainerRequest
+	12, // 13: husk.agent.v1.Agent.StatsContainer:input_type -> husk.agent.v1.ContainerRequest
 	6,  // 14: husk.agent.v1.Agent.Shutdown:input_type -> husk.agent.v1.Empty
-	8,  // 15: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
-	10, // 16: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
-	6,  // 17: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
-	13, // 18: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
-	6,  // 19: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
-	6,  // 20: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
-	6,  // 21: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
-	2,  // 22: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
-	3,  // 23: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
-	6,  // 24: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
-	6,  // 25: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
-	6,  // 26: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
-	5,  // 27: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
-	6,  // 28: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
-	15, // [15:29] is the sub-list for method output_type
-	1,  // [1:15] is the sub-list for method input_type
+	7,  // 15: husk.agent.v1.Agent.DebugConsole:input_type -> husk.agent.v1.DebugConsoleRequest
+	9,  // 16: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
+	11, // 17: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
+	6,  // 18: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
+	14, // 19: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
+	6,  // 20: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
+	6,  // 21: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
+	6,  // 22: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
+	2,  // 23: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
+	3,  // 24: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
+	6,  // 25: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
+	6,  // 26: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
+	6,  // 27: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
+	5,  // 28: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
+	6,  // 29: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
+	6,  // 30: husk.agent.v1.Agent.DebugConsole:output_type -> husk.agent.v1.Empty
+	16, // [16:31] is the sub-list for method output_type
+	1,  // [1:16] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1251,7 +1319,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ type AgentService interface {
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
 	StatsContainer(context.Context, *ContainerRequest) (*StatsContainerResponse, error)
 	Shutdown(context.Context, *Empty) (*Empty, error)
+	DebugConsole(context.Context, *DebugConsoleRequest) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -124,6 +125,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"DebugConsole": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req DebugConsoleRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.DebugConsole(ctx, &req)
 			},
 		},
 	})
@@ -246,6 +254,14 @@ func (c *agentClient) StatsContainer(ctx context.Context, req *ContainerRequest)
 func (c *agentClient) Shutdown(ctx context.Context, req *Empty) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "husk.agent.v1.Agent", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) DebugConsole(ctx context.Context, req *DebugConsoleRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "husk.agent.v1.Agent", "DebugConsole", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
