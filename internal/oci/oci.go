@@ -66,6 +66,21 @@ func LoadBundle(dir string) (*Bundle, error) {
 	return bundleOf(abs, spec)
 }
 
+// ReadSpec decodes dir/config.json without checking it: for callers that
+// need a field or two before the bundle is loaded (annotations), or that
+// adjust the spec before NewBundle checks it.
+func ReadSpec(dir string) (*specs.Spec, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("bundle %s: config.json: malformed JSON: %w", dir, err)
+	}
+	return &spec, nil
+}
+
 // NewBundle checks a spec that the caller read (and perhaps adjusted) from
 // the bundle at dir, and finds its rootfs there.
 func NewBundle(dir string, spec *specs.Spec) (*Bundle, error) {

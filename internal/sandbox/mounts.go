@@ -22,7 +22,8 @@ type sharedFiles struct {
 // shareContainer bind-mounts the container's rootfs and every bind-mount
 // source into the shared directory, at <shared>/<id>/rootfs and
 // <shared>/<id>/mounts/<n>. Only these reach the guest, never the rest of
-// the host. The mounts live in the daemon's own mount namespace.
+// the host. The mounts live in the front door's (daemon's or shim's) own mount
+// namespace.
 func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, error) {
 	base := filepath.Join(sharedDir, id)
 	rootfs := filepath.Join(base, "rootfs")
@@ -112,7 +113,7 @@ func bindMount(source, target string, rec, ro bool) error {
 // points, so a guest cannot fill the host's /run through it.
 const shareRootSize = "1m"
 
-// mountShareRoot puts a small tmpfs on the shared directory, in the daemon's
+// mountShareRoot puts a small tmpfs on the shared directory, in the front door's
 // mount namespace; everything shared is mounted on top of it.
 func mountShareRoot(dir string) error {
 	if err := unix.Mount("husk-shared", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711,size="+shareRootSize); err != nil {

@@ -143,9 +143,6 @@ func Boot(opts Options) (*Sandbox, error) {
 // VMPID is QEMU's process id.
 func (s *Sandbox) VMPID() int { return s.vm.PID() }
 
-// VMExited is closed when QEMU has exited.
-func (s *Sandbox) VMExited() <-chan struct{} { return s.vm.Exited() }
-
 // watchVM ends every process when QEMU exits, so that waiters are released
 // and callers see the truth.
 func (s *Sandbox) watchVM() {
@@ -292,13 +289,20 @@ func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[sp
 		copies.abort()
 		return 0, agentError(err)
 	}
+	s.mu.Lock()
 	c.init.guestPID = int(resp.GetPid())
+	s.mu.Unlock()
 	go s.waitExit(c, "", c.init, copies)
 	s.log.Info("container created", "container", id, "guest_pid", c.init.guestPID)
 	return c.init.guestPID, nil
 }
 
-// nsFiles names each namespace type's file under /proc/PID/ns.
+// NamespaceFile names a namespace type's file under /proc/PID/ns.
+func NamespaceFile(typ specs.LinuxNamespaceType) (string, bool) {
+	file, ok := nsFiles[typ]
+	return file, ok
+}
+
 var nsFiles = map[specs.LinuxNamespaceType]string{
 	specs.PIDNamespace: "pid", specs.NetworkNamespace: "net", specs.MountNamespace: "mnt",
 	specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts", specs.UserNamespace: "user",
@@ -314,14 +318,17 @@ func (s *Sandbox) guestNamespaces(join map[specs.LinuxNamespaceType]string) (map
 		if err != nil {
 			return nil, &control.Error{Code: control.CodeNotFound, Message: fmt.Sprintf("joining the %s namespace of container %s: it does not exist", typ, id)}
 		}
-		if c.init.hasExited() || c.init.guestPID == 0 {
+		s.mu.Lock()
+		pid := c.init.guestPID
+		s.mu.Unlock()
+		if c.init.hasExited() || pid == 0 {
 			return nil, &control.Error{Code: control.CodeNotRunning, Message: fmt.Sprintf("joining the %s namespace of container %s: it is not running", typ, id)}
 		}
 		file, ok := nsFiles[typ]
 		if !ok {
 			return nil, &control.Error{Code: control.CodeInvalid, Message: fmt.Sprintf("unknown namespace type %q", typ)}
 		}
-		paths[typ] = fmt.Sprintf("/proc/%d/ns/%s", c.init.guestPID, file)
+		paths[typ] = fmt.Sprintf("/proc/%d/ns/%s", pid, file)
 	}
 	return paths, nil
 }
@@ -354,6 +361,8 @@ func (s *Sandbox) Start(id string) (guestPID int, err error) {
 		_, err := s.vm.Agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
 		return err
 	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return c.init.guestPID, err
 }
 
@@ -400,9 +409,11 @@ func (s *Sandbox) Exec(containerID, execID string, process json.RawMessage, stdi
 		copies.abort()
 		return 0, agentError(err)
 	}
+	s.mu.Lock()
 	p.guestPID = int(resp.GetPid())
+	s.mu.Unlock()
 	go s.waitExit(c, execID, p, copies)
-	return p.guestPID, nil
+	return int(resp.GetPid()), nil
 }
 
 // ProcessStatus is what the sandbox knows of one process.
@@ -419,6 +430,8 @@ func (s *Sandbox) Status(containerID, execID string) (ProcessStatus, error) {
 	if err != nil {
 		return ProcessStatus{}, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	st := ProcessStatus{GuestPID: p.guestPID, Exited: p.hasExited()}
 	if st.Exited {
 		st.ExitStatus, st.ExitedAt = p.exitStatus, p.exitedAt
@@ -435,6 +448,8 @@ func (s *Sandbox) Wait(ctx context.Context, containerID, execID string) (Process
 	}
 	select {
 	case <-p.exited:
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		return ProcessStatus{GuestPID: p.guestPID, Exited: true, ExitStatus: p.exitStatus, ExitedAt: p.exitedAt}, nil
 	case <-ctx.Done():
 		return ProcessStatus{}, ctx.Err()
@@ -447,7 +462,7 @@ func (s *Sandbox) Kill(containerID, execID string, signal int, all bool) error {
 	if err != nil {
 		return err
 	}
-	if p.hasExited() && !all {
+	if p.hasExited() {
 		return &control.Error{Code: control.CodeNotRunning, Message: "container not running"}
 	}
 	return agentCall(func(ctx context.Context) error {

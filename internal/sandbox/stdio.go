@@ -19,6 +19,11 @@ type Stdio struct {
 	Rows, Cols     uint16
 }
 
+// Close closes every stream.
+func (s Stdio) Close() {
+	closeAll(s.closers())
+}
+
 func (s Stdio) closers() []io.Closer {
 	var cs []io.Closer
 	if s.Stdin != nil {

@@ -24,7 +24,7 @@ import (
 	"github.com/husk-runtime/husk/internal/qemu"
 )
 
-// Files of a sandbox in its state directory (the daemon's working
+// Files of a sandbox in its state directory (the front door's working
 // directory, so that socket paths stay short whatever the id's length).
 const (
 	ConsoleLog  = "console.log"
@@ -117,7 +117,7 @@ func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
 	}
 }
 
-// StartVM boots the guest and waits for its agent. The daemon's working
+// StartVM boots the guest and waits for its agent. The process's working
 // directory must be opts.Dir. On error nothing of the VM is left running.
 func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	cfg := opts.Config
@@ -159,10 +159,13 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	vm := &VM{Accel: accel, exited: make(chan struct{}), sharedDir: sharedDir}
 	vm.cmd = exec.Command(cfg.Hypervisor.Path, args...)
 	vm.cmd.Stdout, vm.cmd.Stderr = logFile, logFile
-	// QEMU must never outlive the daemon: the kernel kills it when the
-	// thread that started it ends, so that thread stays locked and alive
-	// for as long as QEMU runs.
-	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// QEMU must never outlive its front door (daemon or shim): the kernel
+	// kills it when the thread that started it ends, so that thread stays
+	// locked and alive for as long as QEMU runs. It gets a network namespace
+	// of its own, empty: it needs none (its sockets are paths, a tap comes
+	// as a descriptor), and a caller that takes the task's pid for a
+	// container's (ctr run --cni) must not reach the host's network.
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Cloneflags: syscall.CLONE_NEWNET}
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -202,6 +205,13 @@ func (vm *VM) watchChannel() {
 	case <-vm.session.CloseChan():
 	case <-vm.exited:
 		return
+	}
+	// QEMU's own end closes the channel too: give its exit a moment to
+	// be seen before calling the channel lost.
+	select {
+	case <-vm.exited:
+		return
+	case <-time.After(200 * time.Millisecond):
 	}
 	if vm.stopping.Load() {
 		return
@@ -271,7 +281,7 @@ func listenUnix(name string) (*net.UnixListener, error) {
 	return l, nil
 }
 
-// errQEMUExited is returned when QEMU ends while the daemon waits on it.
+// errQEMUExited is returned when QEMU ends while the front door waits on it.
 var errQEMUExited = errors.New("qemu exited")
 
 func (vm *VM) exitError() error {

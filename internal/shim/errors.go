@@ -32,3 +32,8 @@ func grpcError(err error) error {
 	}
 	return errdefs.ToGRPC(err)
 }
+
+// isNotRunning reports whether err says the process has exited.
+func isNotRunning(err error) bool {
+	return control.IsCode(err, control.CodeNotRunning)
+}

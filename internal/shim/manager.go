@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+
+	"github.com/husk-runtime/husk/internal/oci"
 )
 
 // RuntimeName is the runtime name containerd users give (ctr --runtime,
@@ -41,11 +43,11 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	spec, err := readSpec(".")
+	spec, err := oci.ReadSpec(".")
 	if err != nil {
 		return "", err
 	}
-	group := groupOf(id, spec.Annotations)
+	group := roleOf(id, spec.Annotations).sandboxID
 	address, err := shim.SocketAddress(ctx, opts.Address, group)
 	if err != nil {
 		return "", err
@@ -101,7 +103,6 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	}
 	cmd := exec.Command("unshare", args...)
 	cmd.Dir = cwd
-	cmd.Env = os.Environ()
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -119,9 +120,11 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	return address, nil
 }
 
-// Stop is containerd's clean-up when it can no longer reach the shim (the
-// shim was killed or hangs): it ends the shim, whose VM dies with it, and
-// removes what the sandbox left.
+// Stop is containerd's clean-up after its connection to the shim for a
+// task closed: after every task's delete, and when the shim died or hangs.
+// A shim that still answers serves other containers of its pod and is left
+// alone; otherwise it is ended (its VM dies with it) and what the sandbox
+// left is removed.
 func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
@@ -136,9 +139,16 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err := mount.UnmountAll(filepath.Join(cwd, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting the rootfs")
 	}
+	stopped := shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}
+	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil {
+		if shim.CanConnect(address) {
+			return stopped, nil
+		}
+		_ = shim.RemoveSocket(address)
+	}
 	group := id
-	if spec, err := readSpec(cwd); err == nil {
-		group = groupOf(id, spec.Annotations)
+	if spec, err := oci.ReadSpec(cwd); err == nil {
+		group = roleOf(id, spec.Annotations).sandboxID
 	}
 	if group == id {
 		dir := filepath.Join(StateRoot, ns, id)
@@ -147,7 +157,7 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 			log.G(ctx).WithError(err).Warn("removing the sandbox's state")
 		}
 	}
-	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+	return stopped, nil
 }
 
 // killShim kills the shim a pid file names, if it is still a husk shim.
@@ -160,18 +170,13 @@ func killShim(pidFile string) {
 	if err != nil || pid <= 1 {
 		return
 	}
+	// The binary may have been replaced (upgraded) since the shim started.
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	exe = strings.TrimSuffix(exe, " (deleted)")
 	if err != nil || filepath.Base(exe) != filepath.Base(os.Args[0]) {
 		return
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
-}
-
-// removeSocket removes the shim's socket, whose address is in file.
-func removeSocket(file string) {
-	if address, err := shim.ReadAddress(file); err == nil {
-		_ = shim.RemoveSocket(address)
-	}
 }
 
 // Register makes the Task API the shim's ttrpc service.

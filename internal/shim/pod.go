@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/husk-runtime/husk/internal/sandbox"
 )
 
 // The annotations the CRI plugin puts on a pod's containers.
@@ -32,11 +34,6 @@ func roleOf(id string, annotations map[string]string) podRole {
 	return podRole{sandboxID: id}
 }
 
-// groupOf is the id of the sandbox whose shim serves a container.
-func groupOf(id string, annotations map[string]string) string {
-	return roleOf(id, annotations).sandboxID
-}
-
 // podNamespaces finds the namespaces a pod's container shares with its
 // sandbox container: on the host they are paths into the sandbox
 // container's process (/proc/PID/ns/TYPE, PID being the one this shim
@@ -52,7 +49,7 @@ func podNamespaces(spec *specs.Spec, sandboxContainer string, sandboxPID int, sa
 		if ns.Path == "" {
 			continue
 		}
-		file, ok := procNSFile[ns.Type]
+		file, ok := sandbox.NamespaceFile(ns.Type)
 		shared := ok && ns.Path == fmt.Sprintf("/proc/%d/ns/%s", sandboxPID, file)
 		if ns.Type == specs.NetworkNamespace && sandboxNetNS != "" && ns.Path == sandboxNetNS {
 			shared = true
@@ -63,12 +60,6 @@ func podNamespaces(spec *specs.Spec, sandboxContainer string, sandboxPID int, sa
 		}
 	}
 	return join
-}
-
-// procNSFile names each namespace type's file under /proc/PID/ns.
-var procNSFile = map[specs.LinuxNamespaceType]string{
-	specs.PIDNamespace: "pid", specs.NetworkNamespace: "net", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
-	specs.MountNamespace: "mnt", specs.CgroupNamespace: "cgroup", specs.UserNamespace: "user",
 }
 
 // networkNamespacePath is the path of the network namespace a spec names.

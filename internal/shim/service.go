@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
-	"github.com/containerd/containerd/events"
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/protobuf"
@@ -38,32 +38,39 @@ const StateRoot = "/run/husk/containerd"
 var empty = &emptypb.Empty{}
 
 // service is the Task API of one sandbox.
+//
+// Locks, outermost first: bootMu (one boot at a time), mu (the shim's
+// records), then the sandbox's own lock, then startsMu and the event
+// queue's, which nothing is called under. No lock is held across a FIFO open
+// or, except bootMu, an agent call.
 type service struct {
-	ctx       context.Context // carries containerd's namespace
 	namespace string
-	publisher shim.Publisher
+	events    *eventQueue
 	shutdown  shutdown.Service
 	log       *slog.Logger
-	// address is the file in which `start` wrote the shim's socket address.
-	addressFile string
+	// address is the shim's socket, removed when the shim ends.
+	address string
 
-	eventsMu     sync.Mutex
-	events       chan publishedEvent
-	eventsClosed bool
+	bootMu sync.Mutex
 
-	// lifecycle orders a process's exit event after its start event.
-	lifecycle sync.Mutex
+	// vmPID is QEMU's pid, what the shim reports as every task's pid: the
+	// containers' own processes live in the guest (Pids lists them).
+	vmPID atomic.Uint32
+
+	// startsMu guards started and pendingExits, which order each process's
+	// exit event after its start event: a process whose start event is not
+	// out yet has its exit held back. A process missing from started is one
+	// the shim no longer knows (deleted), whose exit is not published.
+	startsMu     sync.Mutex
+	started      map[string]bool
+	pendingExits map[string]*eventstypes.TaskExit
 
 	mu        sync.Mutex
 	sb        *sandbox.Sandbox
 	sandboxID string
 	dir       string
 	tasks     map[string]*taskRecord
-}
-
-type publishedEvent struct {
-	topic string
-	event events.Event
+	creating  map[string]bool
 }
 
 // taskRecord is what the shim keeps of one container.
@@ -78,29 +85,44 @@ type taskRecord struct {
 }
 
 type execRecord struct {
-	io      ioPaths
-	process json.RawMessage
-	started bool
-	// running is closed once the exec has started: a Wait may come first.
-	running chan struct{}
+	io       ioPaths
+	process  json.RawMessage
+	starting bool
+	// running is closed once the exec has started, gone if it failed to
+	// start or was deleted first: a Wait may come before either.
+	running, gone chan struct{}
+	goneOnce      sync.Once
 }
 
+func (e *execRecord) markGone() { e.goneOnce.Do(func() { close(e.gone) }) }
+
+// processKey names a process in started and pendingExits.
+func processKey(containerID, execID string) string { return containerID + "/" + execID }
+
 func newService(ctx context.Context, namespace string, publisher shim.Publisher, sd shutdown.Service, log *slog.Logger) *service {
-	cwd, _ := os.Getwd()
 	s := &service{
-		ctx: ctx, namespace: namespace, publisher: publisher, shutdown: sd, log: log,
-		addressFile: filepath.Join(cwd, "address"),
-		events:      make(chan publishedEvent, 128),
-		tasks:       map[string]*taskRecord{},
+		namespace: namespace, shutdown: sd, log: log,
+		events:       newEventQueue(publisher, namespace, log),
+		started:      map[string]bool{},
+		pendingExits: map[string]*eventstypes.TaskExit{},
+		tasks:        map[string]*taskRecord{},
+		creating:     map[string]bool{},
 	}
-	go s.forward()
-	// The shim's main waits for the publisher to close: the last events
-	// are out by then.
+	// `start` wrote the address in the first bundle, the working directory
+	// now; booting changes the working directory, so it is read once here.
+	if address, err := shim.ReadAddress("address"); err == nil {
+		s.address = address
+	}
+	// However the shim ends (Shutdown, or SIGTERM from containerd), the VM
+	// goes, then the socket, and the last events are published.
 	sd.RegisterCallback(func(context.Context) error {
-		s.eventsMu.Lock()
-		defer s.eventsMu.Unlock()
-		s.eventsClosed = true
-		close(s.events)
+		s.mu.Lock()
+		s.stopSandbox()
+		s.mu.Unlock()
+		if s.address != "" {
+			_ = shim.RemoveSocket(s.address)
+		}
+		s.events.close()
 		return nil
 	})
 	return s
@@ -112,28 +134,6 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
-// forward publishes events to containerd in order, until shutdown.
-func (s *service) forward() {
-	defer s.publisher.Close()
-	for e := range s.events {
-		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-		if err := s.publisher.Publish(ctx, e.topic, e.event); err != nil {
-			s.log.Warn("publishing an event", "topic", e.topic, "err", err)
-		}
-		cancel()
-	}
-}
-
-func (s *service) publish(topic string, event events.Event) {
-	s.eventsMu.Lock()
-	defer s.eventsMu.Unlock()
-	if s.eventsClosed {
-		s.log.Warn("event after shutdown dropped", "topic", topic)
-		return
-	}
-	s.events <- publishedEvent{topic, event}
-}
-
 // task looks up a container; s.mu must be held.
 func (s *service) task(id string) (*taskRecord, error) {
 	t, ok := s.tasks[id]
@@ -143,26 +143,15 @@ func (s *service) task(id string) (*taskRecord, error) {
 	return t, nil
 }
 
-// vmPID is the host process that runs every task of the sandbox: it is what
-// the shim reports as a task's pid. The container's own PIDs live in the
-// guest (Pids lists them).
-func (s *service) vmPID() uint32 {
-	if s.sb == nil {
-		return 0
-	}
-	return uint32(s.sb.VMPID())
-}
-
-func readSpec(bundle string) (*specs.Spec, error) {
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+// sandboxFor returns the sandbox after checking the container exists.
+func (s *service) sandboxFor(id string) (*sandbox.Sandbox, *taskRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, err := s.task(id)
 	if err != nil {
-		return nil, fmt.Errorf("bundle: %w", err)
+		return nil, nil, err
 	}
-	var spec specs.Spec
-	if err := json.Unmarshal(data, &spec); err != nil {
-		return nil, fmt.Errorf("bundle %s: config.json: %w", bundle, err)
-	}
-	return &spec, nil
+	return s.sb, t, nil
 }
 
 // Create makes a container: the first one boots the sandbox's VM, a pod's
@@ -175,27 +164,37 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		return nil, errdefs.ToGRPCf(errdefs.ErrNotImplemented, "restoring from a checkpoint is not supported by husk")
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, exists := s.tasks[r.ID]; exists {
+	if _, exists := s.tasks[r.ID]; exists || s.creating[r.ID] {
+		s.mu.Unlock()
 		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "container %s", r.ID)
 	}
-	spec, err := readSpec(r.Bundle)
+	s.creating[r.ID] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		s.mu.Unlock()
+	}()
+
+	spec, err := oci.ReadSpec(r.Bundle)
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
 	}
 	role := roleOf(r.ID, spec.Annotations)
 	t := &taskRecord{id: r.ID, bundle: r.Bundle, netns: networkNamespacePath(spec), execs: map[string]*execRecord{},
 		io: ioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}
-
 	var join map[specs.LinuxNamespaceType]string
 	if role.inPod {
+		s.mu.Lock()
 		sandboxTask, ok := s.tasks[role.sandboxID]
-		if s.sb == nil || s.sandboxID != role.sandboxID || !ok {
+		booted := s.sb != nil && s.sandboxID == role.sandboxID
+		s.mu.Unlock()
+		if !ok || !booted {
 			return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "the pod's sandbox %s is not running in this shim", role.sandboxID)
 		}
-		join = podNamespaces(spec, role.sandboxID, int(s.vmPID()), sandboxTask.netns)
+		join = podNamespaces(spec, role.sandboxID, int(s.vmPID.Load()), sandboxTask.netns)
 	}
-	bundle, err := s.mountRootfs(r, spec, t)
+	bundle, err := mountRootfs(r, spec, t)
 	if err != nil {
 		return nil, err
 	}
@@ -204,27 +203,25 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			unmountRootfs(t)
 		}
 	}()
-	if s.sb == nil {
-		if err := s.boot(role.sandboxID); err != nil {
-			return nil, errdefs.ToGRPC(err)
-		}
-		defer func() {
-			if retErr != nil && len(s.tasks) == 0 {
-				s.stopSandbox()
-			}
-		}()
+	sb, err := s.ensureSandbox(role.sandboxID)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
 	}
 	stdio, err := openStdio(ctx, t.io, r.ID, s.namespace)
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
 	}
-	if _, err := s.sb.Create(r.ID, bundle, stdio, join); err != nil {
-		closeStdio(stdio)
+	s.know(processKey(r.ID, ""))
+	if _, err := sb.Create(r.ID, bundle, stdio, join); err != nil {
+		stdio.Close()
+		s.forget(r.ID)
 		return nil, grpcError(err)
 	}
+	s.mu.Lock()
 	s.tasks[r.ID] = t
-	pid := s.vmPID()
-	s.publish(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
+	s.mu.Unlock()
+	pid := s.vmPID.Load()
+	s.events.publish(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: pid,
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
@@ -234,7 +231,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 // mountRootfs mounts the rootfs containerd passes (a snapshot's mounts) at
 // the bundle's rootfs, in the shim's own mount namespace, and returns the
 // bundle to create from.
-func (s *service) mountRootfs(r *taskapi.CreateTaskRequest, spec *specs.Spec, t *taskRecord) (*oci.Bundle, error) {
+func mountRootfs(r *taskapi.CreateTaskRequest, spec *specs.Spec, t *taskRecord) (*oci.Bundle, error) {
 	if len(r.Rootfs) > 0 {
 		target := filepath.Join(r.Bundle, "rootfs")
 		if err := os.MkdirAll(target, 0o711); err != nil {
@@ -245,6 +242,8 @@ func (s *service) mountRootfs(r *taskapi.CreateTaskRequest, spec *specs.Spec, t 
 			mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 		}
 		if err := mount.All(mounts, target); err != nil {
+			// Some of the mounts may have been made.
+			_ = mount.UnmountAll(target, 0)
 			return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "mounting the rootfs: %v", err)
 		}
 		t.rootfs = target
@@ -264,29 +263,40 @@ func unmountRootfs(t *taskRecord) {
 	}
 }
 
-// boot starts the sandbox's VM. s.mu must be held.
-func (s *service) boot(sandboxID string) error {
+// ensureSandbox boots the sandbox's VM unless it runs.
+func (s *service) ensureSandbox(sandboxID string) (*sandbox.Sandbox, error) {
+	s.bootMu.Lock()
+	defer s.bootMu.Unlock()
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb != nil {
+		return sb, nil
+	}
 	path, explicit := config.Path("")
 	cfg, err := config.Load(path, explicit)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dir := filepath.Join(StateRoot, s.namespace, sandboxID)
 	if err := os.MkdirAll(dir, 0o711); err != nil {
-		return fmt.Errorf("creating the sandbox's state directory: %w", err)
+		return nil, fmt.Errorf("creating the sandbox's state directory: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, shimPIDFile), []byte(fmt.Sprint(os.Getpid())), 0o644); err != nil {
 		os.RemoveAll(dir)
-		return fmt.Errorf("recording the shim's pid: %w", err)
+		return nil, fmt.Errorf("recording the shim's pid: %w", err)
 	}
-	sb, err := sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
+	sb, err = sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
 		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited})
 	if err != nil {
 		os.RemoveAll(dir)
-		return err
+		return nil, err
 	}
+	s.vmPID.Store(uint32(sb.VMPID()))
+	s.mu.Lock()
 	s.sb, s.sandboxID, s.dir = sb, sandboxID, dir
-	return nil
+	s.mu.Unlock()
+	return sb, nil
 }
 
 // stopSandbox powers the VM off and removes its state. s.mu must be held.
@@ -301,42 +311,81 @@ func (s *service) stopSandbox() {
 	s.sb = nil
 }
 
-// exited publishes a process's exit. The sandbox calls it with its own lock
-// held, so the work happens elsewhere; it waits for a concurrent Start to
-// have published the start event first.
+// know registers a process whose events the shim publishes.
+func (s *service) know(key string) {
+	s.startsMu.Lock()
+	defer s.startsMu.Unlock()
+	s.started[key] = false
+}
+
+// forget drops a container's processes (or, with a key, one exec's): their
+// exits are no longer published.
+func (s *service) forget(containerID string, execKeys ...string) {
+	s.startsMu.Lock()
+	defer s.startsMu.Unlock()
+	if len(execKeys) > 0 {
+		for _, key := range execKeys {
+			delete(s.started, key)
+			delete(s.pendingExits, key)
+		}
+		return
+	}
+	prefix := processKey(containerID, "")
+	for key := range s.started {
+		if len(key) >= len(prefix) && key[:len(prefix)] == prefix {
+			delete(s.started, key)
+			delete(s.pendingExits, key)
+		}
+	}
+}
+
+// startPublished publishes a process's start event, then its exit if that
+// came first.
+func (s *service) startPublished(key, topic string, event any) {
+	s.startsMu.Lock()
+	defer s.startsMu.Unlock()
+	s.events.publish(topic, event)
+	s.started[key] = true
+	if exit := s.pendingExits[key]; exit != nil {
+		delete(s.pendingExits, key)
+		s.events.publish(runtime.TaskExitEventTopic, exit)
+	}
+}
+
+// exited publishes a process's exit, or holds it until its start event is
+// out. The sandbox calls it with its own lock held, before anyone waiting on
+// the process is released, so the exit event precedes what they do next.
 func (s *service) exited(e sandbox.ExitEvent) {
-	go func() {
-		s.lifecycle.Lock()
-		defer s.lifecycle.Unlock()
-		id := e.Exec
-		if id == "" {
-			id = e.Container
-		}
-		s.mu.Lock()
-		pid := s.vmPID()
-		s.mu.Unlock()
-		if e.OOMKilled {
-			s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: e.Container})
-		}
-		s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
-			ContainerID: e.Container, ID: id, Pid: pid,
-			ExitStatus: uint32(e.Status), ExitedAt: protobuf.ToTimestamp(e.At),
-		})
-	}()
+	id := e.Exec
+	if id == "" {
+		id = e.Container
+	}
+	exit := &eventstypes.TaskExit{ContainerID: e.Container, ID: id, Pid: s.vmPID.Load(),
+		ExitStatus: uint32(e.Status), ExitedAt: protobuf.ToTimestamp(e.At)}
+	key := processKey(e.Container, e.Exec)
+	s.startsMu.Lock()
+	defer s.startsMu.Unlock()
+	started, known := s.started[key]
+	switch {
+	case !known:
+		return
+	case !started:
+		s.pendingExits[key] = exit
+		return
+	}
+	if e.OOMKilled {
+		s.events.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: e.Container})
+	}
+	s.events.publish(runtime.TaskExitEventTopic, exit)
 }
 
 // Start starts a created container's process or an exec added to it.
 func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
-	s.lifecycle.Lock()
-	defer s.lifecycle.Unlock()
-	s.mu.Lock()
-	t, err := s.task(r.ID)
-	sb := s.sb
-	pid := s.vmPID()
-	s.mu.Unlock()
+	sb, t, err := s.sandboxFor(r.ID)
 	if err != nil {
 		return nil, err
 	}
+	pid := s.vmPID.Load()
 	if r.ExecID == "" {
 		if _, err := sb.Start(r.ID); err != nil {
 			return nil, grpcError(err)
@@ -344,45 +393,40 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		s.mu.Lock()
 		t.started = true
 		s.mu.Unlock()
-		s.publish(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
+		s.startPublished(processKey(r.ID, ""), runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
 		return &taskapi.StartResponse{Pid: pid}, nil
 	}
 	s.mu.Lock()
 	e, ok := t.execs[r.ExecID]
-	if ok && e.started {
+	if ok && e.starting {
 		s.mu.Unlock()
 		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %s has already started", r.ExecID)
+	}
+	if ok {
+		e.starting = true
 	}
 	s.mu.Unlock()
 	if !ok {
 		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s", r.ExecID)
 	}
 	stdio, err := openStdio(ctx, e.io, r.ID, s.namespace)
+	if err == nil {
+		if _, err = sb.Exec(r.ID, r.ExecID, e.process, stdio); err != nil {
+			stdio.Close()
+			err = grpcError(err)
+		}
+	} else {
+		err = errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
+	}
 	if err != nil {
-		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
+		// Waiters learn that it will never run.
+		e.markGone()
+		return nil, err
 	}
-	if _, err := sb.Exec(r.ID, r.ExecID, e.process, stdio); err != nil {
-		closeStdio(stdio)
-		return nil, grpcError(err)
-	}
-	s.mu.Lock()
-	e.started = true
 	close(e.running)
-	s.mu.Unlock()
-	s.publish(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: pid})
+	s.startPublished(processKey(r.ID, r.ExecID), runtime.TaskExecStartedEventTopic,
+		&eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: pid})
 	return &taskapi.StartResponse{Pid: pid}, nil
-}
-
-func closeStdio(stdio sandbox.Stdio) {
-	if stdio.Stdin != nil {
-		stdio.Stdin.Close()
-	}
-	if stdio.Stdout != nil {
-		stdio.Stdout.Close()
-	}
-	if stdio.Stderr != nil {
-		stdio.Stderr.Close()
-	}
 }
 
 // Exec adds a process to a running container; Start starts it.
@@ -397,49 +441,61 @@ func (s *service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if err := json.Unmarshal(r.Spec.GetValue(), &process); err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "exec %s: process spec: %v", r.ExecID, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s.task(r.ID)
+	sb, t, err := s.sandboxFor(r.ID)
 	if err != nil {
 		return nil, err
+	}
+	if st, err := sb.Status(r.ID, ""); err != nil || st.Exited {
+		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s is not running", r.ID)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !t.started {
+		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s is not running", r.ID)
 	}
 	if _, exists := t.execs[r.ExecID]; exists {
 		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "exec %s", r.ExecID)
 	}
-	if st, err := s.sb.Status(r.ID, ""); err != nil || st.Exited || !t.started {
-		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s is not running", r.ID)
-	}
-	t.execs[r.ExecID] = &execRecord{process: r.Spec.GetValue(), running: make(chan struct{}),
+	t.execs[r.ExecID] = &execRecord{process: r.Spec.GetValue(), running: make(chan struct{}), gone: make(chan struct{}),
 		io: ioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}
-	s.publish(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	s.know(processKey(r.ID, r.ExecID))
+	s.events.publish(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
 	return empty, nil
 }
 
 // State reports on a container's process or an exec.
 func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	t, err := s.task(r.ID)
 	if err != nil {
+		s.mu.Unlock()
 		return nil, err
 	}
-	resp := &taskapi.StateResponse{ID: r.ID, Bundle: t.bundle, Pid: s.vmPID()}
-	paths, started := t.io, t.started
+	sb := s.sb
+	resp := &taskapi.StateResponse{ID: r.ID, Bundle: t.bundle, Pid: s.vmPID.Load()}
+	paths, started, paused := t.io, t.started, t.paused
 	if r.ExecID != "" {
 		e, ok := t.execs[r.ExecID]
 		if !ok {
+			s.mu.Unlock()
 			return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s", r.ExecID)
 		}
 		resp.ID = r.ExecID
-		paths, started = e.io, e.started
+		paths, started, paused = e.io, e.starting, false
 	}
+	s.mu.Unlock()
 	resp.Stdin, resp.Stdout, resp.Stderr, resp.Terminal = paths.stdin, paths.stdout, paths.stderr, paths.terminal
 	resp.Status = task.Status_CREATED
 	if !started {
 		return resp, nil
 	}
-	st, err := s.sb.Status(r.ID, r.ExecID)
+	st, err := sb.Status(r.ID, r.ExecID)
 	if err != nil {
+		if r.ExecID != "" {
+			// Its start failed: it never ran.
+			resp.Status = task.Status_STOPPED
+			return resp, nil
+		}
 		return nil, grpcError(err)
 	}
 	switch {
@@ -447,7 +503,7 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 		resp.Status = task.Status_STOPPED
 		resp.ExitStatus = uint32(st.ExitStatus)
 		resp.ExitedAt = protobuf.ToTimestamp(st.ExitedAt)
-	case t.paused && r.ExecID == "":
+	case paused:
 		resp.Status = task.Status_PAUSED
 	default:
 		resp.Status = task.Status_RUNNING
@@ -457,62 +513,65 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 
 // Delete removes an exited (or never started) container, or an exec.
 func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s.task(r.ID)
+	sb, t, err := s.sandboxFor(r.ID)
 	if err != nil {
 		return nil, err
 	}
+	pid := s.vmPID.Load()
 	if r.ExecID != "" {
-		e, ok := t.execs[r.ExecID]
-		if !ok {
-			return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s", r.ExecID)
-		}
-		resp := &taskapi.DeleteResponse{Pid: s.vmPID()}
-		if e.started {
-			st, err := s.sb.Status(r.ID, r.ExecID)
-			if err != nil {
-				return nil, grpcError(err)
-			}
-			if err := s.sb.RemoveExec(r.ID, r.ExecID); err != nil {
-				return nil, grpcError(err)
-			}
-			resp.ExitStatus, resp.ExitedAt = uint32(st.ExitStatus), protobuf.ToTimestamp(st.ExitedAt)
-		}
-		delete(t.execs, r.ExecID)
-		return resp, nil
+		return s.deleteExec(sb, t, r.ExecID)
 	}
-	st, err := s.sb.Status(r.ID, "")
+	st, err := sb.Status(r.ID, "")
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	if t.started && !st.Exited {
+	s.mu.Lock()
+	started := t.started
+	s.mu.Unlock()
+	if started && !st.Exited {
 		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "cannot delete container %s: it is running", r.ID)
 	}
-	if err := s.sb.Remove(r.ID, true); err != nil {
+	// A never-started container is killed here; its exit is not news.
+	s.forget(r.ID)
+	if err := sb.Remove(r.ID, true); err != nil {
 		return nil, grpcError(err)
 	}
+	s.mu.Lock()
 	unmountRootfs(t)
 	delete(s.tasks, r.ID)
+	for _, e := range t.execs {
+		e.markGone()
+	}
+	s.mu.Unlock()
 	if !st.Exited {
-		// Never started: it ends here, killed.
 		st.ExitStatus, st.ExitedAt = 128+9, time.Now()
 	}
-	pid := s.vmPID()
-	s.publish(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{ContainerID: r.ID, Pid: pid,
+	s.events.publish(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{ContainerID: r.ID, Pid: pid,
 		ExitStatus: uint32(st.ExitStatus), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)})
 	return &taskapi.DeleteResponse{Pid: pid, ExitStatus: uint32(st.ExitStatus), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}, nil
 }
 
-// sandboxFor returns the sandbox after checking the container exists.
-func (s *service) sandboxFor(id string) (*sandbox.Sandbox, *taskRecord, error) {
+func (s *service) deleteExec(sb *sandbox.Sandbox, t *taskRecord, execID string) (*taskapi.DeleteResponse, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s.task(id)
-	if err != nil {
-		return nil, nil, err
+	e, ok := t.execs[execID]
+	s.mu.Unlock()
+	if !ok {
+		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s", execID)
 	}
-	return s.sb, t, nil
+	resp := &taskapi.DeleteResponse{Pid: s.vmPID.Load()}
+	if st, err := sb.Status(t.id, execID); err == nil {
+		// It ran: the sandbox forgets it once it has exited.
+		if err := sb.RemoveExec(t.id, execID); err != nil {
+			return nil, grpcError(err)
+		}
+		resp.ExitStatus, resp.ExitedAt = uint32(st.ExitStatus), protobuf.ToTimestamp(st.ExitedAt)
+	}
+	s.forget(t.id, processKey(t.id, execID))
+	s.mu.Lock()
+	delete(t.execs, execID)
+	s.mu.Unlock()
+	e.markGone()
+	return resp, nil
 }
 
 // Pids lists the container's processes by their guest PIDs.
@@ -554,9 +613,9 @@ func (s *service) freeze(id string, freeze bool) (*emptypb.Empty, error) {
 	t.paused = freeze
 	s.mu.Unlock()
 	if freeze {
-		s.publish(runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: id})
+		s.events.publish(runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: id})
 	} else {
-		s.publish(runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: id})
+		s.events.publish(runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: id})
 	}
 	return empty, nil
 }
@@ -574,9 +633,9 @@ func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 		return nil, err
 	}
 	if err := sb.Kill(r.ID, r.ExecID, int(r.Signal), r.All); err != nil {
-		var st sandbox.ProcessStatus
-		if st, _ = sb.Status(r.ID, r.ExecID); st.Exited {
-			// What containerd's callers expect of a process that is gone.
+		if st, _ := sb.Status(r.ID, r.ExecID); isNotRunning(err) || st.Exited {
+			// What containerd's callers (the CRI's StopContainer) take for
+			// a process that is already gone.
 			return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "process already finished")
 		}
 		return nil, grpcError(err)
@@ -619,6 +678,8 @@ func (s *service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*em
 	if r.Resources == nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "no resources given")
 	}
+	// Decoded here only to refuse what is not OCI resources with a clear
+	// error; the guest applies the JSON as it came.
 	var resources specs.LinuxResources
 	if err := json.Unmarshal(r.Resources.GetValue(), &resources); err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "resources: %v", err)
@@ -645,6 +706,8 @@ func (s *service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 		}
 		select {
 		case <-e.running:
+		case <-e.gone:
+			return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s did not start", r.ExecID)
 		case <-ctx.Done():
 			return nil, errdefs.ToGRPC(ctx.Err())
 		}
@@ -682,21 +745,17 @@ func (s *service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.
 
 // Connect tells containerd the shim's and the task's pids.
 func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPID()}, nil
+	return &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPID.Load()}, nil
 }
 
-// Shutdown ends the shim once it serves no container: the VM is powered
-// off, its state and the shim's socket removed.
+// Shutdown ends the shim once it serves no container: the shutdown callback
+// powers the VM off and removes its state and the shim's socket.
 func (s *service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.tasks) > 0 {
-		return empty, nil
+	busy := len(s.tasks) > 0 || len(s.creating) > 0
+	s.mu.Unlock()
+	if !busy {
+		s.shutdown.Shutdown()
 	}
-	s.stopSandbox()
-	removeSocket(s.addressFile)
-	s.shutdown.Shutdown()
 	return empty, nil
 }

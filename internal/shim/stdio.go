@@ -41,8 +41,10 @@ func openStdio(ctx context.Context, p ioPaths, id, namespace string) (_ sandbox.
 	}()
 	if p.stdin != "" {
 		// Non-blocking here means "open in the background": reads wait for
-		// the writer and see EOF only when it closes.
-		in, err := fifo.OpenFifo(ctx, p.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		// the writer and see EOF only when it closes. Not the request's
+		// context: it ends with the request, and the open with it, while the
+		// client may open its end later.
+		in, err := fifo.OpenFifo(context.Background(), p.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			return stdio, fmt.Errorf("opening stdin %s: %w", p.stdin, err)
 		}
@@ -69,6 +71,10 @@ func openStdio(ctx context.Context, p ioPaths, id, namespace string) (_ sandbox.
 		out, errOut, err := startLogger(u, stderr != "", id, namespace)
 		if err != nil {
 			return stdio, err
+		}
+		if p.stdout == "" {
+			out.Close()
+			out = nil
 		}
 		stdio.Stdout, stdio.Stderr = out, errOut
 		return stdio, nil
@@ -148,7 +154,8 @@ func startLogger(u *url.URL, withStderr bool, id, namespace string) (io.WriteClo
 		return nil, nil, err
 	}
 	cmd := exec.Command(u.Path, args...)
-	cmd.Env = append(os.Environ(), "CONTAINER_ID="+id, "CONTAINER_NAMESPACE="+namespace)
+	// What containerd gives its own loggers: these two and nothing else.
+	cmd.Env = []string{"CONTAINER_ID=" + id, "CONTAINER_NAMESPACE=" + namespace}
 	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
 	err = cmd.Start()
 	outR.Close()

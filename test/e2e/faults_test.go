@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -193,10 +194,11 @@ func TestStateRootFull(t *testing.T) {
 
 // severAgentChannel shuts down the daemon's end of the agent channel from
 // outside: it takes a copy of the daemon's socket with pidfd_getfd(2) and
-// shuts the socket down, which acts on the daemon's end itself.
-func severAgentChannel(t *testing.T, daemon int) {
+// shuts the socket down, which acts on the daemon's end itself. The socket
+// is listed in QEMU's network namespace, the connecting side's.
+func severAgentChannel(t *testing.T, daemon, qemu int) {
 	t.Helper()
-	unixSockets, err := os.ReadFile("/proc/net/unix")
+	unixSockets, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", qemu))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +249,7 @@ func TestAgentChannelClosed(t *testing.T) {
 	standIn := e.create(id)
 	e.start(id)
 	daemon, qemu := e.sandboxPIDs(id)
-	severAgentChannel(t, daemon)
+	severAgentChannel(t, daemon, qemu)
 	if status := waitExitStatus(t, standIn); status != 137 {
 		t.Fatalf("stand-in exit status %d, want 137", status)
 	}

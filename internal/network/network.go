@@ -1,0 +1,250 @@
+package network
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Interface is one interface as the guest recreates it.
+type Interface struct {
+	Name      string
+	MAC       net.HardwareAddr
+	MTU       int
+	Addresses []*net.IPNet
+}
+
+// Route is one route of the namespace, by the name of its interface.
+type Route struct {
+	Destination *net.IPNet // nil: the default route
+	Gateway     net.IP
+	Device      string
+	Scope       netlink.Scope
+}
+
+// Endpoint is an interface of the namespace and the tap joined to it.
+type Endpoint struct {
+	Interface Interface
+	Tap       string
+	// TapFile is the tap's queue, for QEMU (-netdev tap,fd=N).
+	TapFile             *os.File
+	linkIndex, tapIndex int
+}
+
+// Attachment is what Attach set up in a namespace.
+type Attachment struct {
+	NetNS     string
+	Endpoints []*Endpoint
+	Routes    []Route
+}
+
+// tapName names the tap of the n-th interface; the namespace is the
+// sandbox's, so the name only has to be unique within it.
+func tapName(n int) string { return fmt.Sprintf("husktap%d", n) }
+
+// inNetNS runs fn with the calling thread in the network namespace at path.
+// Netlink requests and the tap's creation act on the thread's namespace.
+func inNetNS(path string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("the current network namespace: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering network namespace %s: %w", path, err)
+	}
+	fnErr := fn()
+	if err := netns.Set(orig); err != nil {
+		// The thread stays locked, so it ends with its goroutine rather
+		// than serve another in the wrong namespace.
+		return errors.Join(fnErr, fmt.Errorf("leaving network namespace %s: %w", path, err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
+
+// Attach joins every interface of the namespace at path (other than
+// loopback) to a new tap device and reads the routes the guest must have.
+// A namespace with loopback only gives an attachment with no endpoints.
+func Attach(path string) (_ *Attachment, retErr error) {
+	a := &Attachment{NetNS: path}
+	defer func() {
+		if retErr != nil {
+			a.Detach()
+		}
+	}()
+	err := inNetNS(path, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("listing interfaces: %w", err)
+		}
+		names := map[int]string{}
+		for _, link := range links {
+			attrs := link.Attrs()
+			names[attrs.Index] = attrs.Name
+			if attrs.Flags&net.FlagLoopback != 0 || link.Type() == "tuntap" {
+				continue
+			}
+			ep, err := attachLink(link, len(a.Endpoints))
+			if ep != nil {
+				a.Endpoints = append(a.Endpoints, ep)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if len(a.Endpoints) == 0 {
+			return nil
+		}
+		a.Routes, err = routes(names)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// attachLink creates the tap for link and redirects between them. The
+// endpoint returned with an error holds what was made, for Detach.
+func attachLink(link netlink.Link, n int) (*Endpoint, error) {
+	attrs := link.Attrs()
+	iface := Interface{Name: attrs.Name, MAC: attrs.HardwareAddr, MTU: attrs.MTU}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %s: %w", attrs.Name, err)
+	}
+	for _, addr := range addrs {
+		// Link-local IPv6 addresses the guest's kernel makes itself.
+		if addr.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		iface.Addresses = append(iface.Addresses, addr.IPNet)
+	}
+	ep := &Endpoint{Interface: iface, Tap: tapName(n), linkIndex: attrs.Index}
+	ep.TapFile, err = openTap(ep.Tap)
+	if err != nil {
+		return nil, err
+	}
+	tap, err := netlink.LinkByName(ep.Tap)
+	if err != nil {
+		return ep, fmt.Errorf("tap %s: %w", ep.Tap, err)
+	}
+	ep.tapIndex = tap.Attrs().Index
+	if err := netlink.LinkSetMTU(tap, attrs.MTU); err != nil {
+		return ep, fmt.Errorf("tap %s: mtu: %w", ep.Tap, err)
+	}
+	if err := netlink.LinkSetUp(tap); err != nil {
+		return ep, fmt.Errorf("tap %s: up: %w", ep.Tap, err)
+	}
+	for _, dir := range [][2]int{{ep.linkIndex, ep.tapIndex}, {ep.tapIndex, ep.linkIndex}} {
+		if err := redirect(dir[0], dir[1]); err != nil {
+			return ep, fmt.Errorf("redirecting %s and %s: %w", attrs.Name, ep.Tap, err)
+		}
+	}
+	return ep, nil
+}
+
+// openTap creates a tap device in the thread's namespace. It lives as long
+// as a queue of it is open: here, then in QEMU.
+func openTap(name string) (*os.File, error) {
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(int(f.Fd()), unix.TUNSETIFF, ifr); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("creating tap %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// ingressHandle is the handle of a link's ingress qdisc.
+var ingressHandle = netlink.MakeHandle(0xffff, 0)
+
+// redirect sends every frame arriving on from out of to.
+func redirect(from, to int) error {
+	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: from, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}}
+	if err := netlink.QdiscAdd(ingress); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("ingress qdisc: %w", err)
+	}
+	filter := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: from, Parent: ingressHandle, Priority: 1, Protocol: unix.ETH_P_ALL},
+		Actions:     []netlink.Action{netlink.NewMirredAction(to)},
+	}
+	if err := netlink.FilterAdd(filter); err != nil {
+		return fmt.Errorf("redirect filter: %w", err)
+	}
+	return nil
+}
+
+// routes lists the namespace's routes through interfaces the guest gets,
+// leaving out those the kernel makes for an address (the guest's makes
+// them too).
+func routes(names map[int]string) ([]Route, error) {
+	var out []Route
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		list, err := netlink.RouteList(nil, family)
+		if err != nil {
+			return nil, fmt.Errorf("listing routes: %w", err)
+		}
+		for _, r := range list {
+			name, ok := names[r.LinkIndex]
+			if !ok || r.Protocol == unix.RTPROT_KERNEL || name == "lo" {
+				continue
+			}
+			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			out = append(out, Route{Destination: r.Dst, Gateway: r.Gw, Device: name, Scope: r.Scope})
+		}
+	}
+	return out, nil
+}
+
+// Detach undoes Attach: the redirects go, and the taps with the last of
+// their queues (QEMU's, once it has exited). Safe on a partial attachment.
+func (a *Attachment) Detach() {
+	if a == nil || len(a.Endpoints) == 0 {
+		return
+	}
+	_ = inNetNS(a.NetNS, func() error {
+		for _, ep := range a.Endpoints {
+			for _, index := range []int{ep.linkIndex, ep.tapIndex} {
+				if index == 0 {
+					continue
+				}
+				_ = netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}})
+			}
+			if ep.TapFile != nil {
+				ep.TapFile.Close()
+			}
+			// A tap QEMU still holds would outlive the close: delete it.
+			if tap, err := netlink.LinkByName(ep.Tap); err == nil {
+				_ = netlink.LinkDel(tap)
+			}
+		}
+		return nil
+	})
+}
