@@ -70,33 +70,37 @@ hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/ctr-run-tr
   -n "ctr run (runc shim)" "$ctr run --rm --runtime io.containerd.runc.v2 $image bench-\$\$ true"
 summarize "$out/ctr-run-true.json"
 
-echo "== CRI: a pod of 2 containers, from runp to both running (crictl, husk handler)"
+echo "== CRI: a pod of 2 containers, from runp to both running (crictl), husk's handler against runc's"
 crictl="crictl -c $HUSK_TEST_CRICTL_CONFIG"
 work=$(mktemp -d)
+: > "$out/pod-up.txt"
 trap 'rm -rf "$work"' EXIT
 cat > "$work/c1.json" <<JSON
 {"metadata": {"name": "one"}, "image": {"image": "$image"}, "command": ["sleep", "3600"], "log_path": "one.log", "linux": {}}
 JSON
 sed 's/"one"/"two"/; s/one.log/two.log/' "$work/c1.json" > "$work/c2.json"
-pod_up() { # N: starts pod N with two containers, prints its id
-  sed "s/NAME/bench-pod-$1/" > "$work/pod$1.json" <<JSON
+pod_up() { # HANDLER N: starts pod N with two containers, prints its id
+  sed "s/NAME/bench-pod-$1-$2/" > "$work/pod$2.json" <<JSON
 {"metadata": {"name": "NAME", "namespace": "bench", "uid": "NAME-uid"}, "log_directory": "$work", "linux": {}}
 JSON
   local pod c
-  pod=$($crictl runp --runtime husk "$work/pod$1.json" 2>/dev/null)
-  for c in c1 c2; do $crictl start "$($crictl create "$pod" "$work/$c.json" "$work/pod$1.json" 2>/dev/null)" >/dev/null; done
+  pod=$($crictl runp --runtime "$1" "$work/pod$2.json" 2>/dev/null)
+  for c in c1 c2; do $crictl start "$($crictl create "$pod" "$work/$c.json" "$work/pod$2.json" 2>/dev/null)" >/dev/null; done
   echo "$pod"
 }
 pod_down() { $crictl stopp "$1" >/dev/null; $crictl rmp "$1" >/dev/null; }
-times=()
-for i in $(seq 1 "$runs"); do
-  start=$(date +%s%N)
-  pod=$(pod_up "$i")
-  end=$(date +%s%N)
-  times+=($(( (end - start) / 1000000 )))
-  [ "$i" = "$runs" ] || pod_down "$pod"
+for handler in runc husk; do
+  times=()
+  for i in $(seq 1 "$runs"); do
+    start=$(date +%s%N)
+    pod=$(pod_up "$handler" "$i")
+    end=$(date +%s%N)
+    times+=($(( (end - start) / 1000000 )))
+    # The last husk pod stays up for the memory figure below.
+    [ "$handler" = husk ] && [ "$i" = "$runs" ] || pod_down "$pod"
+  done
+  printf '%s\n' "${times[@]}" | python3 -c 'import sys, statistics; t=[int(x) for x in sys.stdin]; print(f"{sys.argv[1]}: pod of 2 containers to running: median {statistics.median(t):.0f} ms, min {min(t)} ms, max {max(t)} ms ({len(t)} runs)")' "$handler" | tee -a "$out/pod-up.txt"
 done
-printf '%s\n' "${times[@]}" | python3 -c 'import sys, statistics; t=[int(x) for x in sys.stdin]; print(f"pod of 2 containers to running: median {statistics.median(t):.0f} ms, min {min(t)} ms, max {max(t)} ms ({len(t)} runs)")' | tee "$out/pod-up.txt"
 
 echo "== memory: PSS of one idle pod (QEMU + shim; pause and two sleeps inside), after it settled"
 sleep 10

@@ -26,6 +26,8 @@ if [ ! -f "$cached" ]; then
   make -C "$src" -s olddefconfig
   # Every line of the fragment must survive olddefconfig, or the guest lacks a feature silently.
   missing=$(grep -E '^CONFIG_' "$fragment" | while read -r line; do grep -qx "$line" "$src/.config" || echo "$line"; done)
+  # And every option it turns off must be off.
+  missing+=$(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$fragment" | while read -r opt; do if grep -q "^$opt=" "$src/.config"; then echo " $opt=n"; fi; done)
   if [ -n "$missing" ]; then echo "build-kernel: options not applied: $missing" >&2; exit 1; fi
   make -C "$src" -s -j"$(($(nproc) + 1))" vmlinux
   mkdir -p "$(dirname "$cached")"

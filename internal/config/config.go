@@ -25,6 +25,7 @@ type Config struct {
 	Hypervisor Hypervisor `toml:"hypervisor" json:"hypervisor"`
 	SharedFS   SharedFS   `toml:"shared_fs" json:"shared_fs"`
 	Agent      Agent      `toml:"agent" json:"agent"`
+	Network    Network    `toml:"network" json:"network"`
 	Runtime    Runtime    `toml:"runtime" json:"runtime"`
 
 	// Source is the file the configuration came from, "" for built-in defaults.
@@ -52,6 +53,20 @@ type SharedFS struct {
 type Agent struct {
 	BootTimeout Duration `toml:"boot_timeout" json:"boot_timeout"`
 }
+
+// Network says how a sandbox joins the network namespace its container's
+// caller made.
+type Network struct {
+	// Mode is "tc" (a tap per interface, joined with tc redirects) or
+	// "none" (the container gets loopback only, whatever the namespace).
+	Mode string `toml:"mode" json:"mode"`
+}
+
+// Network modes.
+const (
+	NetworkTC   = "tc"
+	NetworkNone = "none"
+)
 
 // Runtime holds general settings.
 type Runtime struct {
@@ -103,6 +118,7 @@ func Default() *Config {
 			TCGTBSizeMiB: 32,
 		},
 		SharedFS: SharedFS{MSize: 512 << 10},
+		Network:  Network{Mode: NetworkTC},
 		Agent:    Agent{BootTimeout: Duration{30 * time.Second}},
 	}
 }
@@ -175,6 +191,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shared_fs.msize = %d: want 4096 to 16777216", c.SharedFS.MSize)
 	case c.Agent.BootTimeout.Duration <= 0:
 		return fmt.Errorf("agent.boot_timeout = %s: must be positive", c.Agent.BootTimeout)
+	case c.Network.Mode == "macvtap":
+		return errors.New(`network.mode = "macvtap": not supported yet; use "tc"`)
+	case c.Network.Mode != NetworkTC && c.Network.Mode != NetworkNone:
+		return fmt.Errorf("network.mode = %q: want tc or none", c.Network.Mode)
 	}
 	return nil
 }

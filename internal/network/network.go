@@ -44,6 +44,11 @@ type Attachment struct {
 	Routes    []Route
 }
 
+// ErrOwnNamespace is returned by Attach for the caller's own network
+// namespace (the host's): husk never puts taps or redirects there. Docker's
+// --network container:ID names the stand-in's, which is the host's.
+var ErrOwnNamespace = errors.New("the network namespace is the host's own")
+
 // tapName names the tap of the n-th interface; the namespace is the
 // sandbox's, so the name only has to be unique within it.
 func tapName(n int) string { return fmt.Sprintf("husktap%d", n) }
@@ -64,6 +69,10 @@ func inNetNS(path string, fn func() error) error {
 		return fmt.Errorf("network namespace %s: %w", path, err)
 	}
 	defer target.Close()
+	if target.Equal(orig) {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("network namespace %s: %w", path, ErrOwnNamespace)
+	}
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("entering network namespace %s: %w", path, err)
@@ -217,7 +226,13 @@ func routes(names map[int]string) ([]Route, error) {
 			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
 				continue
 			}
-			out = append(out, Route{Destination: r.Dst, Gateway: r.Gw, Device: name, Scope: r.Scope})
+			dst := r.Dst
+			if dst != nil {
+				if ones, _ := dst.Mask.Size(); ones == 0 {
+					dst = nil // 0.0.0.0/0 or ::/0: the default route
+				}
+			}
+			out = append(out, Route{Destination: dst, Gateway: r.Gw, Device: name, Scope: r.Scope})
 		}
 	}
 	return out, nil

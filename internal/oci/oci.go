@@ -153,6 +153,20 @@ func Validate(spec *specs.Spec) error {
 	return nil
 }
 
+// NetworkNamespacePath is the path of the network namespace a spec joins,
+// "" if it makes a new one or has none.
+func NetworkNamespacePath(spec *specs.Spec) string {
+	if spec.Linux == nil {
+		return ""
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return ns.Path
+		}
+	}
+	return ""
+}
+
 // IsBind says whether a mount takes its source from the host's filesystem.
 func IsBind(m specs.Mount) bool {
 	if m.Type == "bind" {

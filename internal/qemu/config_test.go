@@ -36,6 +36,7 @@ func sandboxConfig(accel Accel) *Config {
 			Virtio9P{ID: "shared", Path: "/run/husk/4f2a9c/shared,dir", Tag: "husk-shared"},
 			Virtio9P{ID: "image", Path: "/var/lib/husk/image", Tag: "husk-image", ReadOnly: true},
 			VirtioRNG{ID: "rng0"},
+			VirtioNetTap{ID: "net0", FD: 3, MAC: "02:42:0a:e7:00:01"},
 		},
 	}
 }
@@ -99,7 +100,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "empty accel", mutate: func(c *Config) { c.Accel = "" }, wantErr: "Config.Accel"},
 		{name: "auto is not an accel", mutate: func(c *Config) { c.Accel = "auto" }, wantErr: "Config.Accel"},
 		{name: "negative tb size", mutate: func(c *Config) { c.TBSizeMiB = -1 }, wantErr: "Config.TBSizeMiB"},
-		{name: "nil device", mutate: func(c *Config) { c.Devices = append(c.Devices, nil) }, wantErr: "Config.Devices[6]: nil device"},
+		{name: "nil device", mutate: func(c *Config) { c.Devices = append(c.Devices, nil) }, wantErr: "Config.Devices[7]: nil device"},
 		{name: "bad device", mutate: func(c *Config) { c.Devices[3] = Virtio9P{ID: "shared", Path: "/x"} }, wantErr: "Config.Devices[3]: Virtio9P.Tag"},
 	}
 	for _, tt := range tests {
@@ -164,6 +165,10 @@ func TestDeviceValid(t *testing.T) {
 		{name: "9p empty id", device: Virtio9P{Path: "/srv", Tag: "t"}, wantErr: "Virtio9P.ID"},
 		{name: "rng", device: VirtioRNG{ID: "rng0"}},
 		{name: "rng empty id", device: VirtioRNG{}, wantErr: "VirtioRNG.ID"},
+		{name: "net", device: VirtioNetTap{ID: "net0", FD: 3, MAC: "02:42:ac:11:00:02"}},
+		{name: "net bad mac", device: VirtioNetTap{ID: "net0", FD: 3, MAC: "02:42"}, wantErr: "VirtioNetTap.MAC"},
+		{name: "net stdio fd", device: VirtioNetTap{ID: "net0", FD: 1, MAC: "02:42:ac:11:00:02"}, wantErr: "VirtioNetTap.FD"},
+		{name: "net empty id", device: VirtioNetTap{FD: 3, MAC: "02:42:ac:11:00:02"}, wantErr: "VirtioNetTap.ID"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 )
 
@@ -144,6 +145,36 @@ func (d VirtioRNG) Args() []string {
 	return []string{
 		"-object", "rng-random,id=" + d.ID + ",filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=" + d.ID,
+	}
+}
+
+// VirtioNetTap is a virtio-net device on a tap device that QEMU inherits
+// as an open descriptor (the tap lives in another network namespace, where
+// QEMU could not open it by name).
+type VirtioNetTap struct {
+	ID  string
+	FD  int    // QEMU's descriptor number for the tap's queue
+	MAC string // the guest's MAC address for the device
+}
+
+// Valid implements Device.
+func (d VirtioNetTap) Valid() error {
+	var macErr error
+	if _, err := net.ParseMAC(d.MAC); err != nil {
+		macErr = fmt.Errorf("VirtioNetTap.MAC %q: %w", d.MAC, err)
+	}
+	var fdErr error
+	if d.FD < 3 {
+		fdErr = fmt.Errorf("VirtioNetTap.FD %d: must be an inherited descriptor (3 or more)", d.FD)
+	}
+	return errors.Join(checkID("VirtioNetTap.ID", d.ID), macErr, fdErr)
+}
+
+// Args implements Device.
+func (d VirtioNetTap) Args() []string {
+	return []string{
+		"-netdev", fmt.Sprintf("tap,id=%s,fd=%d", d.ID, d.FD),
+		"-device", "virtio-net-device,netdev=" + d.ID + ",mac=" + d.MAC,
 	}
 }
 

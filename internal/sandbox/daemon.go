@@ -70,7 +70,15 @@ func (d *Daemon) boot(cfg *config.Config) error {
 		return err
 	}
 	d.listener = l
-	sb, err := Boot(Options{ID: d.id, Dir: dir, Config: cfg, Log: d.log, OnExit: d.saveExit})
+	// The VM gets its network devices at boot: the network namespace comes
+	// from the bundle that create named.
+	netns := ""
+	if st, err := d.store.Load(d.id); err == nil {
+		if spec, err := oci.ReadSpec(st.Bundle); err == nil {
+			netns = oci.NetworkNamespacePath(spec)
+		}
+	}
+	sb, err := Boot(Options{ID: d.id, Dir: dir, Config: cfg, Log: d.log, OnExit: d.saveExit, NetNS: netns})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/network"
 	"github.com/husk-runtime/husk/internal/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -41,6 +42,11 @@ type Sandbox struct {
 	dir string
 	vm  *VM
 	log *slog.Logger
+
+	// netns is the host network namespace the sandbox was joined to;
+	// network holds what joining it made (nil: loopback only).
+	netns   string
+	network *network.Attachment
 
 	// onExit, when set, is called once per process as it exits, before
 	// anyone waiting on the process is released.
@@ -104,6 +110,9 @@ type Options struct {
 	Config *config.Config
 	Log    *slog.Logger
 	OnExit func(ExitEvent)
+	// NetNS is the network namespace the sandbox's containers were given
+	// (a path); its interfaces are joined to the VM as Config.Network says.
+	NetNS string
 }
 
 // Boot starts the sandbox's VM and waits for its agent. The process's
@@ -114,8 +123,25 @@ func Boot(opts Options) (*Sandbox, error) {
 		return nil, fmt.Errorf("entering the state directory: %w", err)
 	}
 	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
-		containers: map[string]*containerRecord{}}
+		containers: map[string]*containerRecord{}, netns: opts.NetNS}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
+	if opts.NetNS != "" && opts.Config.Network.Mode == config.NetworkTC {
+		att, err := network.Attach(opts.NetNS)
+		switch {
+		case errors.Is(err, network.ErrOwnNamespace):
+			// Nothing of the host's network is handed to a guest.
+			s.log.Warn("the spec names the host's network namespace; the container gets loopback only", "netns", opts.NetNS)
+			att = &network.Attachment{}
+		case err != nil:
+			return nil, fmt.Errorf("joining network namespace %s: %w", opts.NetNS, err)
+		}
+		if len(att.Endpoints) > 0 {
+			s.network = att
+		}
+		for _, ep := range att.Endpoints {
+			vmOpts.Taps = append(vmOpts.Taps, Tap{File: ep.TapFile, MAC: ep.Interface.MAC.String()})
+		}
+	}
 	if opts.Config.Runtime.DebugConsole {
 		image, err := writeDebugInitrd(opts.Dir, opts.Config.Hypervisor.Initrd)
 		if err != nil {
@@ -131,13 +157,54 @@ func Boot(opts Options) (*Sandbox, error) {
 	if err != nil {
 		// A boot that failed before there was a VM may have left the share.
 		unmountShareRoot(filepath.Join(opts.Dir, SharedDir))
+		s.network.Detach()
 		return nil, err
 	}
 	s.vm = vm
+	if err := s.configureNetwork(); err != nil {
+		vm.Kill()
+		s.network.Detach()
+		return nil, err
+	}
 	s.log.Info("guest ready", "accel", vm.Accel, "boot", vm.Ready.Sub(vm.Started).String(),
 		"guest_ready_ns", vm.Guest.GetReadyNs(), "kernel", vm.Guest.GetKernelRelease())
 	go s.watchVM()
 	return s, nil
+}
+
+// configureNetwork gives the guest the joined namespace's interfaces and
+// routes.
+func (s *Sandbox) configureNetwork() error {
+	if s.network == nil {
+		return nil
+	}
+	req := &agentapi.ConfigureNetworkRequest{}
+	for _, ep := range s.network.Endpoints {
+		iface := &agentapi.NetworkInterface{Name: ep.Interface.Name, Mac: ep.Interface.MAC.String(), Mtu: uint32(ep.Interface.MTU)}
+		for _, a := range ep.Interface.Addresses {
+			iface.Addresses = append(iface.Addresses, a.String())
+		}
+		req.Interfaces = append(req.Interfaces, iface)
+	}
+	for _, r := range s.network.Routes {
+		route := &agentapi.NetworkRoute{Device: r.Device, Scope: uint32(r.Scope)}
+		if r.Destination != nil {
+			route.Destination = r.Destination.String()
+		}
+		if r.Gateway != nil {
+			route.Gateway = r.Gateway.String()
+		}
+		req.Routes = append(req.Routes, route)
+	}
+	err := agentCall(func(ctx context.Context) error {
+		_, err := s.vm.Agent.ConfigureNetwork(ctx, req)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("configuring the guest's network: %w", err)
+	}
+	s.log.Info("network joined", "netns", s.netns, "interfaces", len(req.Interfaces), "routes", len(req.Routes))
+	return nil
 }
 
 // VMPID is QEMU's process id.
@@ -242,6 +309,11 @@ func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[sp
 	guestNamespaces, err := s.guestNamespaces(join)
 	if err != nil {
 		return 0, err
+	}
+	// The network namespace the sandbox joined is, in the guest, the
+	// guest's own: its interfaces are there.
+	if s.network != nil && oci.NetworkNamespacePath(bundle.Spec) == s.netns {
+		guestNamespaces[specs.NetworkNamespace] = "/proc/1/ns/net"
 	}
 	c := &containerRecord{id: id, init: newProcRecord(stdio), execs: map[string]*procRecord{}}
 	s.mu.Lock()
@@ -643,6 +715,7 @@ func (s *Sandbox) Stop() {
 	}
 	// The VM's teardown detached the share's root; this catches the rest.
 	unmountShareRoot(filepath.Join(s.dir, SharedDir))
+	s.network.Detach()
 }
 
 // KeptLogDir keeps the console logs of guests that failed to boot, which

@@ -68,6 +68,15 @@ type VMOptions struct {
 	Config *config.Config
 	// Initrd, when set, replaces the configured guest image.
 	Initrd string
+	// Taps are the queues of tap devices QEMU gets as virtio-net devices.
+	Taps []Tap
+}
+
+// Tap is a tap device's queue and the MAC address the guest's device on it
+// takes.
+type Tap struct {
+	File *os.File
+	MAC  string
 }
 
 // kernelArgs is the guest's command line: console on the ISA serial port;
@@ -97,6 +106,17 @@ func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
 	if opts.Initrd != "" {
 		initrd = opts.Initrd
 	}
+	devices := []qemu.Device{
+		qemu.SerialConsoleToFile{Path: filepath.Join(opts.Dir, ConsoleLog)},
+		qemu.QMPClient{SocketPath: qmpSocket},
+		qemu.VirtioSerialPort{ID: "agent", SocketPath: agentSocket, Name: channel.PortName},
+		qemu.Virtio9P{ID: "shared", Path: filepath.Join(opts.Dir, SharedDir), Tag: channel.SharedTag},
+		qemu.VirtioRNG{ID: "rng0"},
+	}
+	for i, tap := range opts.Taps {
+		// The taps are QEMU's inherited descriptors from 3 on, in order.
+		devices = append(devices, qemu.VirtioNetTap{ID: fmt.Sprintf("net%d", i), FD: 3 + i, MAC: tap.MAC})
+	}
 	return &qemu.Config{
 		Binary:     h.Path,
 		Name:       opts.ID,
@@ -107,13 +127,7 @@ func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
 		MemoryMiB:  h.MemoryMiB,
 		Accel:      accel,
 		TBSizeMiB:  h.TCGTBSizeMiB,
-		Devices: []qemu.Device{
-			qemu.SerialConsoleToFile{Path: filepath.Join(opts.Dir, ConsoleLog)},
-			qemu.QMPClient{SocketPath: qmpSocket},
-			qemu.VirtioSerialPort{ID: "agent", SocketPath: agentSocket, Name: channel.PortName},
-			qemu.Virtio9P{ID: "shared", Path: filepath.Join(opts.Dir, SharedDir), Tag: channel.SharedTag},
-			qemu.VirtioRNG{ID: "rng0"},
-		},
+		Devices:    devices,
 	}
 }
 
@@ -159,6 +173,9 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	vm := &VM{Accel: accel, exited: make(chan struct{}), sharedDir: sharedDir}
 	vm.cmd = exec.Command(cfg.Hypervisor.Path, args...)
 	vm.cmd.Stdout, vm.cmd.Stderr = logFile, logFile
+	for _, tap := range opts.Taps {
+		vm.cmd.ExtraFiles = append(vm.cmd.ExtraFiles, tap.File)
+	}
 	// QEMU must never outlive its front door (daemon or shim): the kernel
 	// kills it when the thread that started it ends, so that thread stays
 	// locked and alive for as long as QEMU runs. It gets a network namespace

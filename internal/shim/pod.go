@@ -61,16 +61,3 @@ func podNamespaces(spec *specs.Spec, sandboxContainer string, sandboxPID int, sa
 	}
 	return join
 }
-
-// networkNamespacePath is the path of the network namespace a spec names.
-func networkNamespacePath(spec *specs.Spec) string {
-	if spec.Linux == nil {
-		return ""
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return ns.Path
-		}
-	}
-	return ""
-}

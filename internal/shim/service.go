@@ -181,7 +181,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
 	}
 	role := roleOf(r.ID, spec.Annotations)
-	t := &taskRecord{id: r.ID, bundle: r.Bundle, netns: networkNamespacePath(spec), execs: map[string]*execRecord{},
+	t := &taskRecord{id: r.ID, bundle: r.Bundle, netns: oci.NetworkNamespacePath(spec), execs: map[string]*execRecord{},
 		io: ioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}
 	var join map[specs.LinuxNamespaceType]string
 	if role.inPod {
@@ -203,7 +203,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			unmountRootfs(t)
 		}
 	}()
-	sb, err := s.ensureSandbox(role.sandboxID)
+	sb, err := s.ensureSandbox(role.sandboxID, t.netns)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -263,8 +263,9 @@ func unmountRootfs(t *taskRecord) {
 	}
 }
 
-// ensureSandbox boots the sandbox's VM unless it runs.
-func (s *service) ensureSandbox(sandboxID string) (*sandbox.Sandbox, error) {
+// ensureSandbox boots the sandbox's VM, joined to the network namespace
+// netns, unless it runs.
+func (s *service) ensureSandbox(sandboxID, netns string) (*sandbox.Sandbox, error) {
 	s.bootMu.Lock()
 	defer s.bootMu.Unlock()
 	s.mu.Lock()
@@ -287,7 +288,7 @@ func (s *service) ensureSandbox(sandboxID string) (*sandbox.Sandbox, error) {
 		return nil, fmt.Errorf("recording the shim's pid: %w", err)
 	}
 	sb, err = sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
-		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited})
+		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err

@@ -82,7 +82,7 @@ func (x StreamHeader_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StreamHeader_Kind.Descriptor instead.
 func (StreamHeader_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17, 0}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20, 0}
 }
 
 type ExecProcessRequest struct {
@@ -417,6 +417,197 @@ func (*Empty) Descriptor() ([]byte, []int) {
 	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
+type NetworkInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Mac   string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Mtu   uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// CIDR notation: 10.0.0.2/24, fd00::2/64.
+	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkInterface) Reset() {
+	*x = NetworkInterface{}
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkInterface) ProtoMessage() {}
+
+func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
+func (*NetworkInterface) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NetworkInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetworkInterface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type NetworkRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CIDR notation; empty for the default route.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	Gateway     string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	Device      string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	// The route's scope (netlink's RT_SCOPE_*): 0 universe, 253 link.
+	Scope         uint32 `protobuf:"varint,4,opt,name=scope,proto3" json:"scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkRoute) Reset() {
+	*x = NetworkRoute{}
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkRoute) ProtoMessage() {}
+
+func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
+func (*NetworkRoute) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NetworkRoute) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+type ConfigureNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interfaces    []*NetworkInterface    `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	Routes        []*NetworkRoute        `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigureNetworkRequest) Reset() {
+	*x = ConfigureNetworkRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureNetworkRequest) ProtoMessage() {}
+
+func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureNetworkRequest.ProtoReflect.Descriptor instead.
+func (*ConfigureNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ConfigureNetworkRequest) GetInterfaces() []*NetworkInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *ConfigureNetworkRequest) GetRoutes() []*NetworkRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
 type DebugConsoleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ExecId        string                 `protobuf:"bytes,1,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
@@ -428,7 +619,7 @@ type DebugConsoleRequest struct {
 
 func (x *DebugConsoleRequest) Reset() {
 	*x = DebugConsoleRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +631,7 @@ func (x *DebugConsoleRequest) String() string {
 func (*DebugConsoleRequest) ProtoMessage() {}
 
 func (x *DebugConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +644,7 @@ func (x *DebugConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugConsoleRequest.ProtoReflect.Descriptor instead.
 func (*DebugConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DebugConsoleRequest) GetExecId() string {
@@ -485,7 +676,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +688,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +701,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type PingResponse struct {
@@ -527,7 +718,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +730,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +743,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PingResponse) GetVersion() string {
@@ -604,7 +795,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +807,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +820,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateContainerRequest) GetContainerId() string {
@@ -698,7 +889,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +901,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +914,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateContainerResponse) GetPid() int32 {
@@ -742,7 +933,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +945,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +958,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -788,7 +979,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +991,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +1004,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProcessRequest) GetContainerId() string {
@@ -843,7 +1034,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +1046,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1059,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -898,7 +1089,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1101,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1114,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -966,7 +1157,7 @@ type ResizeTerminalRequest struct {
 
 func (x *ResizeTerminalRequest) Reset() {
 	*x = ResizeTerminalRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1169,7 @@ func (x *ResizeTerminalRequest) String() string {
 func (*ResizeTerminalRequest) ProtoMessage() {}
 
 func (x *ResizeTerminalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1182,7 @@ func (x *ResizeTerminalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTerminalRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTerminalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResizeTerminalRequest) GetContainerId() string {
@@ -1032,7 +1223,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1235,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1248,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1086,7 +1277,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1289,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1302,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1160,7 +1351,22 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x16StatsContainerResponse\x12\x1d\n" +
 	"\n" +
 	"stats_json\x18\x01 \x01(\fR\tstatsJson\"\a\n" +
-	"\x05Empty\"V\n" +
+	"\x05Empty\"h\n" +
+	"\x10NetworkInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\"x\n" +
+	"\fNetworkRoute\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x14\n" +
+	"\x05scope\x18\x04 \x01(\rR\x05scope\"\x8f\x01\n" +
+	"\x17ConfigureNetworkRequest\x12?\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2\x1f.husk.agent.v1.NetworkInterfaceR\n" +
+	"interfaces\x123\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1b.husk.agent.v1.NetworkRouteR\x06routes\"V\n" +
 	"\x13DebugConsoleRequest\x12\x17\n" +
 	"\aexec_id\x18\x01 \x01(\tR\x06execId\x12\x12\n" +
 	"\x04rows\x18\x02 \x01(\rR\x04rows\x12\x12\n" +
@@ -1216,7 +1422,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x06STDOUT\x10\x02\x12\n" +
 	"\n" +
 	"\x06STDERR\x10\x03\x12\f\n" +
-	"\bTERMINAL\x10\x042\x9c\t\n" +
+	"\bTERMINAL\x10\x042\xee\t\n" +
 	"\x05Agent\x12?\n" +
 	"\x04Ping\x12\x1a.husk.agent.v1.PingRequest\x1a\x1b.husk.agent.v1.PingResponse\x12`\n" +
 	"\x0fCreateContainer\x12%.husk.agent.v1.CreateContainerRequest\x1a&.husk.agent.v1.CreateContainerResponse\x12G\n" +
@@ -1232,7 +1438,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fUpdateContainer\x12%.husk.agent.v1.UpdateContainerRequest\x1a\x14.husk.agent.v1.Empty\x12X\n" +
 	"\x0eStatsContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a%.husk.agent.v1.StatsContainerResponse\x126\n" +
 	"\bShutdown\x12\x14.husk.agent.v1.Empty\x1a\x14.husk.agent.v1.Empty\x12H\n" +
-	"\fDebugConsole\x12\".husk.agent.v1.DebugConsoleRequest\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
+	"\fDebugConsole\x12\".husk.agent.v1.DebugConsoleRequest\x1a\x14.husk.agent.v1.Empty\x12P\n" +
+	"\x10ConfigureNetwork\x12&.husk.agent.v1.ConfigureNetworkRequest\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1247,7 +1454,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(StreamHeader_Kind)(0),          // 0: husk.agent.v1.StreamHeader.Kind
 	(*ExecProcessRequest)(nil),      // 1: husk.agent.v1.ExecProcessRequest
@@ -1256,56 +1463,63 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*UpdateContainerRequest)(nil),  // 4: husk.agent.v1.UpdateContainerRequest
 	(*StatsContainerResponse)(nil),  // 5: husk.agent.v1.StatsContainerResponse
 	(*Empty)(nil),                   // 6: husk.agent.v1.Empty
-	(*DebugConsoleRequest)(nil),     // 7: husk.agent.v1.DebugConsoleRequest
-	(*PingRequest)(nil),             // 8: husk.agent.v1.PingRequest
-	(*PingResponse)(nil),            // 9: husk.agent.v1.PingResponse
-	(*CreateContainerRequest)(nil),  // 10: husk.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 11: husk.agent.v1.CreateContainerResponse
-	(*ContainerRequest)(nil),        // 12: husk.agent.v1.ContainerRequest
-	(*ProcessRequest)(nil),          // 13: husk.agent.v1.ProcessRequest
-	(*WaitProcessResponse)(nil),     // 14: husk.agent.v1.WaitProcessResponse
-	(*SignalProcessRequest)(nil),    // 15: husk.agent.v1.SignalProcessRequest
-	(*ResizeTerminalRequest)(nil),   // 16: husk.agent.v1.ResizeTerminalRequest
-	(*RemoveContainerRequest)(nil),  // 17: husk.agent.v1.RemoveContainerRequest
-	(*StreamHeader)(nil),            // 18: husk.agent.v1.StreamHeader
+	(*NetworkInterface)(nil),        // 7: husk.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),            // 8: husk.agent.v1.NetworkRoute
+	(*ConfigureNetworkRequest)(nil), // 9: husk.agent.v1.ConfigureNetworkRequest
+	(*DebugConsoleRequest)(nil),     // 10: husk.agent.v1.DebugConsoleRequest
+	(*PingRequest)(nil),             // 11: husk.agent.v1.PingRequest
+	(*PingResponse)(nil),            // 12: husk.agent.v1.PingResponse
+	(*CreateContainerRequest)(nil),  // 13: husk.agent.v1.CreateContainerRequest
+	(*CreateContainerResponse)(nil), // 14: husk.agent.v1.CreateContainerResponse
+	(*ContainerRequest)(nil),        // 15: husk.agent.v1.ContainerRequest
+	(*ProcessRequest)(nil),          // 16: husk.agent.v1.ProcessRequest
+	(*WaitProcessResponse)(nil),     // 17: husk.agent.v1.WaitProcessResponse
+	(*SignalProcessRequest)(nil),    // 18: husk.agent.v1.SignalProcessRequest
+	(*ResizeTerminalRequest)(nil),   // 19: husk.agent.v1.ResizeTerminalRequest
+	(*RemoveContainerRequest)(nil),  // 20: husk.agent.v1.RemoveContainerRequest
+	(*StreamHeader)(nil),            // 21: husk.agent.v1.StreamHeader
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	0,  // 0: husk.agent.v1.StreamHeader.kind:type_name -> husk.agent.v1.StreamHeader.Kind
-	8,  // 1: husk.agent.v1.Agent.Ping:input_type -> husk.agent.v1.PingRequest
-	10, // 2: husk.agent.v1.Agent.CreateContainer:input_type -> husk.agent.v1.CreateContainerRequest
-	12, // 3: husk.agent.v1.Agent.StartContainer:input_type -> husk.agent.v1.ContainerRequest
-	13, // 4: husk.agent.v1.Agent.WaitProcess:input_type -> husk.agent.v1.ProcessRequest
-	15, // 5: husk.agent.v1.Agent.SignalProcess:input_type -> husk.agent.v1.SignalProcessRequest
-	16, // 6: husk.agent.v1.Agent.ResizeTerminal:input_type -> husk.agent.v1.ResizeTerminalRequest
-	17, // 7: husk.agent.v1.Agent.RemoveContainer:input_type -> husk.agent.v1.RemoveContainerRequest
-	1,  // 8: husk.agent.v1.Agent.ExecProcess:input_type -> husk.agent.v1.ExecProcessRequest
-	12, // 9: husk.agent.v1.Agent.ListProcesses:input_type -> husk.agent.v1.ContainerRequest
-	12, // 10: husk.agent.v1.Agent.PauseContainer:input_type -> husk.agent.v1.ContainerRequest
-	12, // 11: husk.agent.v1.Agent.ResumeContainer:input_type -> husk.agent.v1.ContainerRequest
-	4,  // 12: husk.agent.v1.Agent.UpdateContainer:input_type -> husk.agent.v1.UpdateContainerRequest
-	12, // 13: husk.agent.v1.Agent.StatsContainer:input_type -> husk.agent.v1.ContainerRequest
-	6,  // 14: husk.agent.v1.Agent.Shutdown:input_type -> husk.agent.v1.Empty
-	7,  // 15: husk.agent.v1.Agent.DebugConsole:input_type -> husk.agent.v1.DebugConsoleRequest
-	9,  // 16: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
-	11, // 17: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
-	6,  // 18: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
-	14, // 19: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
-	6,  // 20: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
-	6,  // 21: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
-	6,  // 22: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
-	2,  // 23: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
-	3,  // 24: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
-	6,  // 25: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
-	6,  // 26: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
-	6,  // 27: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
-	5,  // 28: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
-	6,  // 29: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
-	6,  // 30: husk.agent.v1.Agent.DebugConsole:output_type -> husk.agent.v1.Empty
-	16, // [16:31] is the sub-list for method output_type
-	1,  // [1:16] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	7,  // 0: husk.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> husk.agent.v1.NetworkInterface
+	8,  // 1: husk.agent.v1.ConfigureNetworkRequest.routes:type_name -> husk.agent.v1.NetworkRoute
+	0,  // 2: husk.agent.v1.StreamHeader.kind:type_name -> husk.agent.v1.StreamHeader.Kind
+	11, // 3: husk.agent.v1.Agent.Ping:input_type -> husk.agent.v1.PingRequest
+	13, // 4: husk.agent.v1.Agent.CreateContainer:input_type -> husk.agent.v1.CreateContainerRequest
+	15, // 5: husk.agent.v1.Agent.StartContainer:input_type -> husk.agent.v1.ContainerRequest
+	16, // 6: husk.agent.v1.Agent.WaitProcess:input_type -> husk.agent.v1.ProcessRequest
+	18, // 7: husk.agent.v1.Agent.SignalProcess:input_type -> husk.agent.v1.SignalProcessRequest
+	19, // 8: husk.agent.v1.Agent.ResizeTerminal:input_type -> husk.agent.v1.ResizeTerminalRequest
+	20, // 9: husk.agent.v1.Agent.RemoveContainer:input_type -> husk.agent.v1.RemoveContainerRequest
+	1,  // 10: husk.agent.v1.Agent.ExecProcess:input_type -> husk.agent.v1.ExecProcessRequest
+	15, // 11: husk.agent.v1.Agent.ListProcesses:input_type -> husk.agent.v1.ContainerRequest
+	15, // 12: husk.agent.v1.Agent.PauseContainer:input_type -> husk.agent.v1.ContainerRequest
+	15, // 13: husk.agent.v1.Agent.ResumeContainer:input_type -> husk.agent.v1.ContainerRequest
+	4,  // 14: husk.agent.v1.Agent.UpdateContainer:input_type -> husk.agent.v1.UpdateContainerRequest
+	15, // 15: husk.agent.v1.Agent.StatsContainer:input_type -> husk.agent.v1.ContainerRequest
+	6,  // 16: husk.agent.v1.Agent.Shutdown:input_type -> husk.agent.v1.Empty
+	10, // 17: husk.agent.v1.Agent.DebugConsole:input_type -> husk.agent.v1.DebugConsoleRequest
+	9,  // 18: husk.agent.v1.Agent.ConfigureNetwork:input_type -> husk.agent.v1.ConfigureNetworkRequest
+	12, // 19: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
+	14, // 20: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
+	6,  // 21: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
+	17, // 22: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
+	6,  // 23: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
+	6,  // 24: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
+	6,  // 25: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
+	2,  // 26: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
+	3,  // 27: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
+	6,  // 28: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
+	6,  // 29: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
+	6,  // 30: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
+	5,  // 31: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
+	6,  // 32: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
+	6,  // 33: husk.agent.v1.Agent.DebugConsole:output_type -> husk.agent.v1.Empty
+	6,  // 34: husk.agent.v1.Agent.ConfigureNetwork:output_type -> husk.agent.v1.Empty
+	19, // [19:35] is the sub-list for method output_type
+	3,  // [3:19] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1319,7 +1533,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ type AgentService interface {
 	StatsContainer(context.Context, *ContainerRequest) (*StatsContainerResponse, error)
 	Shutdown(context.Context, *Empty) (*Empty, error)
 	DebugConsole(context.Context, *DebugConsoleRequest) (*Empty, error)
+	ConfigureNetwork(context.Context, *ConfigureNetworkRequest) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -132,6 +133,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.DebugConsole(ctx, &req)
+			},
+			"ConfigureNetwork": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ConfigureNetworkRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ConfigureNetwork(ctx, &req)
 			},
 		},
 	})
@@ -262,6 +270,14 @@ func (c *agentClient) Shutdown(ctx context.Context, req *Empty) (*Empty, error) 
 func (c *agentClient) DebugConsole(ctx context.Context, req *DebugConsoleRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "husk.agent.v1.Agent", "DebugConsole", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ConfigureNetwork(ctx context.Context, req *ConfigureNetworkRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "husk.agent.v1.Agent", "ConfigureNetwork", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
