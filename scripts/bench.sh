@@ -49,6 +49,57 @@ echo "qemu ${q} KiB, daemon ${d} KiB, stand-in ${si} KiB, total $((q + d + si)) 
 awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6} /^Rss:/ && $2 > 4096 {print "  qemu mapping:", $2, "KiB", (name == "" ? "(anonymous: guest RAM or TCG cache)" : name)}' "/proc/$qemu_pid/smaps"
 $husk delete --force bench-exec
 
+echo "== stdio throughput: 256 MiB through the container's stdout (cat of /dev/zero), husk against runc"
+"$top/scripts/make-bundle.sh" "$out/bundle-cat" >/dev/null
+sed -i 's|"sh", "-c", "echo hello from husk; uname -r"|"head", "-c", "268435456", "/dev/zero"|' "$out/bundle-cat/config.json"
+hyperfine --runs 5 --warmup 1 --style basic --export-json "$out/stdio.json" \
+  -n "husk run, 256 MiB out" "$top/build/husk --root /run/husk-bench run --bundle $out/bundle-cat bench-\$\$ | wc -c" \
+  -n "runc run, 256 MiB out" "runc --root /run/runc-bench run --bundle $out/bundle-cat bench-\$\$ | wc -c"
+summarize "$out/stdio.json"
+python3 - "$out/stdio.json" "$out/run-true.json" <<'PY' | tee "$out/stdio.txt"
+import json, statistics, sys
+cat = {r["command"].split(",")[0]: statistics.median(r["times"]) for r in json.load(open(sys.argv[1]))["results"]}
+true = {r["command"]: statistics.median(r["times"]) for r in json.load(open(sys.argv[2]))["results"]}
+for name in ("husk run", "runc run"):
+    copy = cat[name] - true[name]
+    print(f"{name}: 256 MiB of stdout in {copy*1000:.0f} ms beyond run true: {256/copy:.0f} MiB/s")
+PY
+
+echo "== start broken down: create (daemon, QEMU, boot, container), start → exit, delete (teardown)"
+python3 - "$top/build/husk" "$bundle" "$runs" <<'PY' | tee "$out/breakdown.txt"
+import os, re, statistics, subprocess, sys, time
+husk, bundle, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+root = "/run/husk-bench-breakdown"
+rows = []
+for i in range(runs):
+    cid = f"bd-{os.getpid()}-{i}"
+    cmd = [husk, "--root", root]
+    t0 = time.monotonic()
+    # create's stand-in waits for the process: its stdio must not be ours.
+    with open(os.devnull, "r+") as null:
+        subprocess.run(cmd + ["create", "--bundle", bundle, cid], stdin=null, stdout=null, stderr=null, check=True)
+    t1 = time.monotonic()
+    log = open(os.path.join(root, cid, "daemon.log")).read()
+    boot = float(re.search(r"boot=([0-9.]+)(ms|s)", log).group(1))
+    boot = boot / 1000 if re.search(r"boot=[0-9.]+ms", log) else boot
+    guest = int(re.search(r"guest_ready_ns=(\d+)", log).group(1)) / 1e9
+    subprocess.run(cmd + ["start", cid], check=True)
+    t2 = time.monotonic()
+    while subprocess.run(cmd + ["state", cid], capture_output=True, text=True).stdout.find('"stopped"') < 0:
+        time.sleep(0.005)
+    t3 = time.monotonic()
+    subprocess.run(cmd + ["delete", cid], check=True)
+    t4 = time.monotonic()
+    rows.append({"create": t1 - t0, "qemu_to_agent": boot, "kernel_to_agent": guest,
+                 "create_rest": t1 - t0 - boot, "start": t2 - t1, "run_to_exit": t3 - t2, "delete": t4 - t3, "total": t4 - t0})
+med = {k: statistics.median(r[k] for r in rows) * 1000 for k in rows[0]}
+print(f"medians of {runs}: total {med['total']:.0f} ms =")
+print(f"  create {med['create']:.0f} ms: QEMU start to agent ready {med['qemu_to_agent']:.0f} ms "
+      f"(of which guest kernel start to agent ready {med['kernel_to_agent']:.0f} ms), "
+      f"and {med['create_rest']:.0f} ms for the CLI, the daemon's start, the share and the container's create in the guest")
+print(f"  start {med['start']:.0f} ms; start to exited (seen by polling state) {med['run_to_exit']:.0f} ms; delete (power-off, teardown) {med['delete']:.0f} ms")
+PY
+
 echo "== docker run --rm true: husk against runc"
 eval "export $("$top/scripts/start-services.sh" | grep '^HUSK_TEST_DOCKER_HOST=')"
 hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/docker-run-true.json" \
@@ -109,3 +160,46 @@ shim_pid=$(pgrep -f -- "^[^ ]*containerd-shim-husk-v2 -namespace k8s.io -id $pod
 q=$(pss "$qemu_pid"); s=$(pss "$shim_pid")
 echo "qemu ${q} KiB, shim ${s} KiB, total $((q + s)) KiB" | tee "$out/pod-pss.txt"
 pod_down "$pod"
+
+echo "== density: 50 idle sandboxes started one after another (husk run -d, busybox sleep)"
+density=${BENCH_DENSITY:-50}
+python3 - "$top/build/husk" "$out/bundle-sleep" "$density" <<'PY' | tee "$out/density.txt"
+import json, os, statistics, subprocess, sys, time
+husk, bundle, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+root = "/run/husk-bench-density"
+cmd = [husk, "--root", root]
+def pss(pid):
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+ids, starts = [], []
+try:
+    for i in range(n):
+        cid = f"dens-{i}"
+        t0 = time.monotonic()
+        with open(os.devnull, "r+") as null:
+            subprocess.run(cmd + ["run", "-d", "--bundle", bundle, cid], stdin=null, stdout=null, stderr=null, check=True)
+        starts.append(time.monotonic() - t0)
+        ids.append(cid)
+    time.sleep(10)
+    answered = sum(subprocess.run(cmd + ["exec", cid, "true"]).returncode == 0 for cid in ids)
+    total = 0
+    for cid in ids:
+        st = json.load(open(os.path.join(root, cid, "state.json")))
+        total += sum(pss(st[p]["pid"]) for p in ("stand_in", "daemon", "qemu"))
+    ms = [s * 1000 for s in starts]
+    print(f"{n} sandboxes: start each: median {statistics.median(ms):.0f} ms, first {ms[0]:.0f} ms, last {ms[-1]:.0f} ms, max {max(ms):.0f} ms")
+    print(f"{answered} of {n} answered exec true; total PSS {total/1024:.0f} MiB, {total/1024/n:.0f} MiB per sandbox")
+    with open(os.path.join(os.path.dirname(bundle), "density-starts.txt"), "w") as f:
+        f.write("\n".join(f"{x:.0f}" for x in ms) + "\n")
+finally:
+    for cid in ids:
+        subprocess.run(cmd + ["delete", "--force", cid])
+PY
+
+echo "== plot: docs/benchmarks.svg from this run"
+python3 "$top/scripts/bench-plot.py" "$out" "$top/docs/benchmarks.svg"

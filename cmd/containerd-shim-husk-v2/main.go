@@ -7,11 +7,16 @@ import (
 	"context"
 
 	"github.com/containerd/containerd/runtime/v2/shim"
+	"golang.org/x/sys/unix"
 
 	huskshim "github.com/husk-runtime/husk/internal/shim"
 )
 
 func main() {
+	// The serving shim gets its socket as descriptor 3, which nothing marks
+	// close-on-exec: QEMU would inherit it and keep the socket answering
+	// after the shim died.
+	unix.CloseOnExec(3)
 	huskshim.Register()
 	// The shim reaps only its own children (QEMU), through exec.Cmd, so
 	// neither the package's reaper nor a subreaper is wanted.

@@ -140,43 +140,50 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithError(err).Warn("unmounting the rootfs")
 	}
 	stopped := shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}
-	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil {
-		if shim.CanConnect(address) {
-			return stopped, nil
-		}
-		_ = shim.RemoveSocket(address)
-	}
 	group := id
 	if spec, err := oci.ReadSpec(cwd); err == nil {
 		group = roleOf(id, spec.Annotations).sandboxID
 	}
-	if group == id {
-		dir := filepath.Join(StateRoot, ns, id)
-		killShim(filepath.Join(dir, shimPIDFile))
-		if err := os.RemoveAll(dir); err != nil {
-			log.G(ctx).WithError(err).Warn("removing the sandbox's state")
-		}
+	if group != id {
+		// A pod's container: the pod's sandbox task owns the shim.
+		return stopped, nil
+	}
+	dir := filepath.Join(StateRoot, ns, id)
+	pid := shimPID(filepath.Join(dir, shimPIDFile))
+	address, addressErr := shim.ReadAddress(filepath.Join(cwd, "address"))
+	if pid > 0 && addressErr == nil && shim.CanConnect(address) {
+		// It still serves: other containers of its pod.
+		return stopped, nil
+	}
+	if pid > 0 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if addressErr == nil {
+		_ = shim.RemoveSocket(address)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		log.G(ctx).WithError(err).Warn("removing the sandbox's state")
 	}
 	return stopped, nil
 }
 
-// killShim kills the shim a pid file names, if it is still a husk shim.
-func killShim(pidFile string) {
+// shimPID is the pid of the live husk shim a pid file names, or 0.
+func shimPID(pidFile string) int {
 	data, err := os.ReadFile(pidFile)
 	if err != nil {
-		return
+		return 0
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
 	if err != nil || pid <= 1 {
-		return
+		return 0
 	}
 	// The binary may have been replaced (upgraded) since the shim started.
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	exe = strings.TrimSuffix(exe, " (deleted)")
 	if err != nil || filepath.Base(exe) != filepath.Base(os.Args[0]) {
-		return
+		return 0
 	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
+	return pid
 }
 
 // Register makes the Task API the shim's ttrpc service.

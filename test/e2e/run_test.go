@@ -291,3 +291,16 @@ func TestCheckRefusesAnotherHusksGuest(t *testing.T) {
 		t.Errorf("kernel line: %q", r.stdout)
 	}
 }
+
+// TestHostDeviceRefused: a host device in the spec is an error naming the
+// entry, not a container that silently lacks it; nothing is left.
+func TestHostDeviceRefused(t *testing.T) {
+	e := newEnv(t)
+	b := e.bundle(func(s *specs.Spec) {
+		s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: "/dev/kvm", Type: "c", Major: 10, Minor: 232})
+	}, "true")
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.status == 0 || !strings.Contains(r.stderr, "linux.devices[0] (/dev/kvm)") {
+		t.Fatalf("host device: status %d, stderr %q", r.status, r.stderr)
+	}
+}
