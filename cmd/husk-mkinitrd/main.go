@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/initrd"
 	"github.com/husk-runtime/husk/internal/version"
 )
@@ -61,7 +62,8 @@ func mkinitrd(agentPath, outPath string) error {
 		return fmt.Errorf("agent %s: %w", agentPath, err)
 	}
 	return writeFileAtomic(outPath, func(w io.Writer) error {
-		return initrd.Write(w, initrd.Guest(agent, "husk-agent "+version.Version))
+		release := fmt.Sprintf("husk-agent %s api=%d", version.Version, channel.APIVersion)
+		return initrd.Write(w, initrd.Guest(agent, release))
 	})
 }
 

@@ -23,6 +23,11 @@ import (
 // PortName is the name of the virtio-serial port the agent listens on.
 const PortName = "agent.channel.0"
 
+// APIVersion names the agent API a build speaks: a host and a guest image
+// work together when theirs are equal. Raise it whenever a change to
+// api/agent/v1 or to this wire would break the other side.
+const APIVersion = 2
+
 // SharedTag is the 9p mount tag of the sandbox's shared directory, and
 // GuestSharedDir where the agent mounts it: a container's files appear in the
 // guest at GuestSharedDir/<container>/...

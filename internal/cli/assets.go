@@ -29,19 +29,19 @@ func kernelRelease(path string) (string, error) {
 	return "", fmt.Errorf("%s: malformed kernel version banner", path)
 }
 
-// agentRelease reads which husk built a guest image, from its release file.
-func agentRelease(path string) (string, error) {
+// agentRelease reads which husk built a guest image, and the agent API it
+// speaks, from its release file ("husk-agent VERSION api=N").
+func agentRelease(path string) (version string, api int, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	release, err := initrd.ReadFile(data, initrd.ReleaseFile)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w (built by a husk older than its release file?)", path, err)
+		return "", 0, fmt.Errorf("%s: %w (built by a husk older than its release file?)", path, err)
 	}
-	v, ok := strings.CutPrefix(strings.TrimSpace(string(release)), "husk-agent ")
-	if !ok {
-		return "", errors.New(path + ": malformed release file")
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(release)), "husk-agent %s api=%d", &version, &api); err != nil {
+		return "", 0, errors.New(path + ": malformed release file")
 	}
-	return v, nil
+	return version, api, nil
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/qemu"
 	"github.com/husk-runtime/husk/internal/version"
 	"golang.org/x/sys/unix"
@@ -58,13 +59,17 @@ func newCheckCommand(g *globals) *cobra.Command {
 			} else {
 				report(true, "kernel", fmt.Sprintf("%s (Linux %s)", cfg.Hypervisor.Kernel, release))
 			}
-			// The agent speaks the API of the husk that built it.
-			if agent, err := agentRelease(cfg.Hypervisor.Initrd); err != nil {
+			// The guest's agent must speak this husk's agent API.
+			if agent, api, err := agentRelease(cfg.Hypervisor.Initrd); err != nil {
 				report(false, "initrd", err.Error())
-			} else if agent != version.Version {
-				report(false, "initrd", fmt.Sprintf("%s holds the agent of husk %s, this is husk %s: rebuild it (make guest)", cfg.Hypervisor.Initrd, agent, version.Version))
+			} else if api != channel.APIVersion {
+				report(false, "initrd", fmt.Sprintf("%s holds the agent of husk %s (agent API %d), this husk speaks agent API %d: rebuild it (make guest)",
+					cfg.Hypervisor.Initrd, agent, api, channel.APIVersion))
 			} else {
-				report(true, "initrd", fmt.Sprintf("%s (agent of husk %s)", cfg.Hypervisor.Initrd, agent))
+				report(true, "initrd", fmt.Sprintf("%s (agent of husk %s, agent API %d)", cfg.Hypervisor.Initrd, agent, api))
+				if agent != version.Version {
+					warn("initrd", fmt.Sprintf("built by husk %s, this is husk %s", agent, version.Version))
+				}
 			}
 			if _, err := os.Stat("/usr/bin/unshare"); err != nil {
 				report(false, "unshare", "util-linux's unshare is needed to start sandbox daemons: "+err.Error())

@@ -58,7 +58,11 @@ func newEnvCommand(g *globals) *cobra.Command {
 				env.Versions.Accel = "unavailable: " + err.Error()
 			}
 			env.Versions.Kernel = orUnavailable(kernelRelease(cfg.Hypervisor.Kernel))
-			env.Versions.Agent = orUnavailable(agentRelease(cfg.Hypervisor.Initrd))
+			if agent, api, err := agentRelease(cfg.Hypervisor.Initrd); err == nil {
+				env.Versions.Agent = fmt.Sprintf("%s (agent API %d)", agent, api)
+			} else {
+				env.Versions.Agent = "unavailable: " + err.Error()
+			}
 			env.Versions.KernelSHA = fileSHA256(cfg.Hypervisor.Kernel)
 			env.Versions.InitrdSHA = fileSHA256(cfg.Hypervisor.Initrd)
 			switch format {

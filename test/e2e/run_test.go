@@ -268,12 +268,12 @@ func TestBootTimeoutNamesConsoleLog(t *testing.T) {
 	os.Remove(kept)
 }
 
-// TestCheckRefusesAnotherHusksGuest: an initrd built by another husk holds
-// an agent that may speak another API; check says so and fails.
+// TestCheckRefusesAnotherHusksGuest: an initrd whose agent speaks another
+// agent API fails check, which names both.
 func TestCheckRefusesAnotherHusksGuest(t *testing.T) {
 	e := newEnv(t)
 	var archive bytes.Buffer
-	if err := initrd.Write(&archive, initrd.Guest([]byte("\x7fELF not run"), "husk-agent 0.0.1-elsewhere")); err != nil {
+	if err := initrd.Write(&archive, initrd.Guest([]byte("\x7fELF not run"), "husk-agent 0.0.1-elsewhere api=1")); err != nil {
 		t.Fatal(err)
 	}
 	other := filepath.Join(e.root, "other-initrd.img")
@@ -284,7 +284,7 @@ func TestCheckRefusesAnotherHusksGuest(t *testing.T) {
 	body, _ := os.ReadFile(e.config)
 	os.WriteFile(e.config, bytes.Replace(body, []byte(filepath.Join(buildDir, "husk-initrd.img")), []byte(other), 1), 0o644)
 	r := e.run("", "check")
-	if r.status == 0 || !strings.Contains(r.stdout, "FAIL initrd") || !strings.Contains(r.stdout, "0.0.1-elsewhere") {
+	if r.status == 0 || !strings.Contains(r.stdout, "FAIL initrd") || !strings.Contains(r.stdout, "agent API 1") {
 		t.Fatalf("check with another husk's initrd: status %d, stdout %q", r.status, r.stdout)
 	}
 	if r := e.run("", "check"); !strings.Contains(r.stdout, "ok   kernel") {
