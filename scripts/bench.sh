@@ -203,3 +203,67 @@ PY
 
 echo "== plot: docs/benchmarks.svg from this run"
 python3 "$top/scripts/bench-plot.py" "$out" "$top/docs/benchmarks.svg"
+
+echo "== volumes (9p) and network (tc redirect): throughput inside husk against runc"
+io_work=$(mktemp -d /var/tmp/husk-bench-io.XXXXXX)
+netns_a=husk-bench-a-$$ netns_b=husk-bench-b-$$
+cleanup_io() {
+  ip netns pids "$netns_b" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip netns del "$netns_a" 2>/dev/null || true
+  ip netns del "$netns_b" 2>/dev/null || true
+  rm -rf "$io_work"
+}
+trap 'cleanup_io; rm -rf "$work"' EXIT
+ip netns add "$netns_a"; ip netns add "$netns_b"
+ip -n "$netns_a" link add hkbench0 type veth peer name hkbench1 netns "$netns_b"
+ip -n "$netns_a" addr add 10.233.0.1/24 dev hkbench0; ip -n "$netns_a" link set hkbench0 up; ip -n "$netns_a" link set lo up
+ip -n "$netns_b" addr add 10.233.0.2/24 dev hkbench1; ip -n "$netns_b" link set hkbench1 up; ip -n "$netns_b" link set lo up
+# A 64 MiB file served from B, for the container (in A) to download.
+mkdir -p "$io_work/www" && head -c 67108864 /dev/zero > "$io_work/www/big"
+ip netns exec "$netns_b" busybox httpd -f -p 8080 -h "$io_work/www" &
+sleep 0.5
+"$top/scripts/make-bundle.sh" "$io_work/bundle" >/dev/null
+mkdir -p "$io_work/volume"
+python3 - "$io_work/bundle/config.json" "$io_work/volume" "/var/run/netns/$netns_a" <<'PY'
+import json, sys
+path, volume, netns = sys.argv[1:]
+spec = json.load(open(path))
+spec["mounts"].append({"destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "rw"]})
+for ns in spec["linux"]["namespaces"]:
+    if ns["type"] == "network":
+        ns["path"] = netns
+spec["process"]["args"] = ["sh", "-c", """
+up() { cut -d' ' -f1 /proc/uptime; }
+t() { s=$(up); "$@"; e=$(up); awk -v s="$s" -v e="$e" 'BEGIN { print int((e - s) * 1000) }'; }
+echo write_ms $(t dd if=/dev/zero of=/data/big bs=1M count=256 2>/dev/null)
+echo reread_ms $(t dd if=/data/big of=/dev/null bs=1M 2>/dev/null)
+rm -f /data/big
+mkdir /data/small
+echo create_ms $(t sh -c 'i=0; while [ $i -lt 10000 ]; do : > /data/small/f$i; i=$((i+1)); done')
+echo stat_ms $(t sh -c 'ls -l /data/small >/dev/null')
+rm -rf /data/small
+echo tcp_ms $(t wget -q -O /dev/null http://10.233.0.2:8080/big)
+"""]
+json.dump(spec, open(path, "w"))
+PY
+: > "$out/io.txt"
+for runtime in husk runc; do
+  rt="$top/build/husk --root /run/husk-bench"
+  [ "$runtime" = runc ] && rt="runc --root /run/runc-bench"
+  $rt run --bundle "$io_work/bundle" "bench-io-$$" </dev/null 2>&1 | sed "s/^/$runtime /" | tee -a "$out/io.txt"
+done
+python3 - "$out/io.txt" <<'PY' | tee "$out/io-summary.txt"
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) == 3 and f[1].endswith("_ms"):
+        v[(f[0], f[1])] = int(f[2])
+def rate(rt, key, mib):
+    ms = v.get((rt, key))
+    return f"{mib * 1000 / ms:.0f} MiB/s ({ms} ms)" if ms else "n/a"
+for rt in ("husk", "runc"):
+    print(f"{rt}: volume write 256 MiB {rate(rt, 'write_ms', 256)}, re-read (cached) {rate(rt, 'reread_ms', 256)}; "
+          f"10000 file creates {v.get((rt, 'create_ms'))} ms, ls -l of them {v.get((rt, 'stat_ms'))} ms; "
+          f"TCP download of 64 MiB from the next namespace {rate(rt, 'tcp_ms', 64)}")
+PY
