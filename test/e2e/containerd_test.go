@@ -182,6 +182,22 @@ func TestCtrTerminal(t *testing.T) {
 	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "run-tty-ok") {
 		t.Fatalf("no terminal in the container: %q", out)
 	}
+
+	// An exec with a terminal, into a running task; the size set on the
+	// caller's terminal reaches it (ResizePty).
+	id = c.id()
+	c.mustRun(append(runFlags, "-d", ctrImage, id, "sleep", "600")...)
+	c.waitStatus(id, "RUNNING")
+	cmd = exec.Command("script", "-qec", fmt.Sprintf("stty rows 33 cols 77; ctr -n %s task exec -t --exec-id tty1 %s sh -c 'tty; stty size; echo exec-tty-ok'", c.namespace, id), "/dev/null")
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatalf("ctr task exec -t: %v %q", err, out)
+	}
+	for _, want := range []string{"/dev/pts/", "33 77", "exec-tty-ok"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("exec -t output lacks %q: %q", want, out)
+		}
+	}
 }
 
 // events collects what `ctr events` prints while it runs.
