@@ -70,15 +70,18 @@ func (d *Daemon) boot(cfg *config.Config) error {
 		return err
 	}
 	d.listener = l
-	// The VM gets its network devices at boot: the network namespace comes
-	// from the bundle that create named.
-	netns := ""
+	// The VM gets its network devices and its size at boot: they come from
+	// the bundle that create named.
+	opts := Options{ID: d.id, Dir: dir, Config: cfg, Log: d.log, OnExit: d.saveExit}
 	if st, err := d.store.Load(d.id); err == nil {
 		if spec, err := oci.ReadSpec(st.Bundle); err == nil {
-			netns = oci.NetworkNamespacePath(spec)
+			opts.NetNS = oci.NetworkNamespacePath(spec)
+			if spec.Linux != nil {
+				opts.Resources = spec.Linux.Resources
+			}
 		}
 	}
-	sb, err := Boot(Options{ID: d.id, Dir: dir, Config: cfg, Log: d.log, OnExit: d.saveExit, NetNS: netns})
+	sb, err := Boot(opts)
 	if err != nil {
 		return err
 	}

@@ -113,6 +113,8 @@ type Options struct {
 	// NetNS is the network namespace the sandbox's containers were given
 	// (a path); its interfaces are joined to the VM as Config.Network says.
 	NetNS string
+	// Resources are the first container's: the VM is sized to them.
+	Resources *specs.LinuxResources
 }
 
 // Boot starts the sandbox's VM and waits for its agent. The process's
@@ -125,6 +127,7 @@ func Boot(opts Options) (*Sandbox, error) {
 	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
 		containers: map[string]*containerRecord{}, netns: opts.NetNS}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
+	vmOpts.CPUs, vmOpts.MemoryMiB = vmSize(opts.Config, opts.Resources)
 	if opts.NetNS != "" && opts.Config.Network.Mode == config.NetworkTC {
 		att, err := network.Attach(opts.NetNS)
 		switch {
@@ -166,7 +169,7 @@ func Boot(opts Options) (*Sandbox, error) {
 		s.network.Detach()
 		return nil, err
 	}
-	s.log.Info("guest ready", "accel", vm.Accel, "boot", vm.Ready.Sub(vm.Started).String(),
+	s.log.Info("guest ready", "accel", vm.Accel, "vcpus", vmOpts.CPUs, "memory_mib", vmOpts.MemoryMiB, "boot", vm.Ready.Sub(vm.Started).String(),
 		"guest_ready_ns", vm.Guest.GetReadyNs(), "kernel", vm.Guest.GetKernelRelease())
 	go s.watchVM()
 	return s, nil

@@ -22,6 +22,7 @@ import (
 	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/qemu"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Files of a sandbox in its state directory (the front door's working
@@ -70,6 +71,8 @@ type VMOptions struct {
 	Initrd string
 	// Taps are the queues of tap devices QEMU gets as virtio-net devices.
 	Taps []Tap
+	// CPUs and MemoryMiB, when set, replace the configured size.
+	CPUs, MemoryMiB int
 }
 
 // Tap is a tap device's queue and the MAC address the guest's device on it
@@ -123,12 +126,41 @@ func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
 		Kernel:     h.Kernel,
 		Initrd:     initrd,
 		KernelArgs: kernelArgs(opts.Config),
-		CPUs:       h.VCPUs,
-		MemoryMiB:  h.MemoryMiB,
+		CPUs:       orDefault(opts.CPUs, h.VCPUs),
+		MemoryMiB:  orDefault(opts.MemoryMiB, h.MemoryMiB),
 		Accel:      accel,
 		TBSizeMiB:  h.TCGTBSizeMiB,
 		Devices:    devices,
 	}
+}
+
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// maxVCPUs bounds a VM's vCPUs: QEMU's microvm takes no more, and more than
+// the host has only adds contention.
+func maxVCPUs() int { return min(runtime.NumCPU(), 64) }
+
+// vmSize sizes the VM for a container's resources, so that its limits can
+// be used: its memory limit is added to the configured memory, and its CPU
+// quota (quota/period, rounded up) raises the vCPUs, up to the host's CPUs.
+func vmSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int) {
+	cpus, memoryMiB = cfg.Hypervisor.VCPUs, cfg.Hypervisor.MemoryMiB
+	if res == nil {
+		return cpus, memoryMiB
+	}
+	if m := res.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
+		memoryMiB += int((*m.Limit + (1<<20 - 1)) >> 20)
+	}
+	if c := res.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
+		want := int((uint64(*c.Quota) + *c.Period - 1) / *c.Period)
+		cpus = max(cpus, min(want, maxVCPUs()))
+	}
+	return cpus, memoryMiB
 }
 
 // StartVM boots the guest and waits for its agent. The process's working

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/qemu"
 )
@@ -85,4 +87,24 @@ func median(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+func TestVMSizeFollowsResources(t *testing.T) {
+	cfg := config.Default()
+	limit := int64(300 << 20)
+	quota, period := int64(150000), uint64(100000)
+	for _, tc := range []struct {
+		name         string
+		res          *specs.LinuxResources
+		cpus, memory int
+	}{
+		{"none", nil, 1, 256},
+		{"memory limit", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}, 1, 556},
+		{"cpu quota", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}}, min(2, maxVCPUs()), 256},
+	} {
+		cpus, memory := vmSize(cfg, tc.res)
+		if cpus != tc.cpus || memory != tc.memory {
+			t.Errorf("%s: %d vCPUs, %d MiB; want %d, %d", tc.name, cpus, memory, tc.cpus, tc.memory)
+		}
+	}
 }

@@ -203,7 +203,11 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			unmountRootfs(t)
 		}
 	}()
-	sb, err := s.ensureSandbox(role.sandboxID, t.netns)
+	var resources *specs.LinuxResources
+	if spec.Linux != nil {
+		resources = spec.Linux.Resources
+	}
+	sb, err := s.ensureSandbox(role.sandboxID, t.netns, resources)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -264,8 +268,8 @@ func unmountRootfs(t *taskRecord) {
 }
 
 // ensureSandbox boots the sandbox's VM, joined to the network namespace
-// netns, unless it runs.
-func (s *service) ensureSandbox(sandboxID, netns string) (*sandbox.Sandbox, error) {
+// netns and sized for resources, unless it runs.
+func (s *service) ensureSandbox(sandboxID, netns string, resources *specs.LinuxResources) (*sandbox.Sandbox, error) {
 	s.bootMu.Lock()
 	defer s.bootMu.Unlock()
 	s.mu.Lock()
@@ -288,7 +292,7 @@ func (s *service) ensureSandbox(sandboxID, netns string) (*sandbox.Sandbox, erro
 		return nil, fmt.Errorf("recording the shim's pid: %w", err)
 	}
 	sb, err = sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
-		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns})
+		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns, Resources: resources})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err

@@ -188,7 +188,8 @@ func TestCtrTerminal(t *testing.T) {
 	id = c.id()
 	c.mustRun(append(runFlags, "-d", ctrImage, id, "sleep", "600")...)
 	c.waitStatus(id, "RUNNING")
-	cmd = exec.Command("script", "-qec", fmt.Sprintf("stty rows 33 cols 77; ctr -n %s task exec -t --exec-id tty1 %s sh -c 'tty; stty size; echo exec-tty-ok'", c.namespace, id), "/dev/null")
+	// ctr sends the size just after the start, so the process waits a moment.
+	cmd = exec.Command("script", "-qec", fmt.Sprintf("stty rows 33 cols 77; ctr -n %s task exec -t --exec-id tty1 %s sh -c 'tty; sleep 1; stty size; echo exec-tty-ok'", c.namespace, id), "/dev/null")
 	out, err = cmd.Output()
 	if err != nil {
 		t.Fatalf("ctr task exec -t: %v %q", err, out)

@@ -3,9 +3,11 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -302,5 +304,37 @@ func TestHostDeviceRefused(t *testing.T) {
 	r := e.run("", "run", "--bundle", b, e.id())
 	if r.status == 0 || !strings.Contains(r.stderr, "linux.devices[0] (/dev/kvm)") {
 		t.Fatalf("host device: status %d, stderr %q", r.status, r.stderr)
+	}
+}
+
+// TestVMSizedForLimits: a container's memory limit and CPU quota size its
+// VM, so the limits can be used, and the limits hold inside.
+func TestVMSizedForLimits(t *testing.T) {
+	e := newEnv(t)
+	limit := int64(384 << 20)
+	quota, period := int64(200000), uint64(100000)
+	b := e.bundle(func(s *specs.Spec) {
+		s.Linux.Resources = &specs.LinuxResources{
+			Memory: &specs.LinuxMemory{Limit: &limit},
+			CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+		}
+	}, "sh", "-c", "grep MemTotal /proc/meminfo; nproc; cat /sys/fs/cgroup/memory.max")
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.status != 0 {
+		t.Fatalf("run: status %d, stderr %q", r.status, r.stderr)
+	}
+	var memKiB, cpus int
+	var memMax string
+	fmt.Sscanf(r.stdout, "MemTotal: %d kB\n%d\n%s", &memKiB, &cpus, &memMax)
+	// The guest keeps some memory for its kernel: the total is a little
+	// under the VM's size, 256 MiB + the limit.
+	if memKiB < (256+384)*1024*9/10 {
+		t.Errorf("guest memory %d KiB for a 384 MiB limit", memKiB)
+	}
+	if want := min(2, runtime.NumCPU()); cpus != want {
+		t.Errorf("%d vCPUs for a quota of 2 CPUs, want %d", cpus, want)
+	}
+	if memMax != fmt.Sprint(limit) {
+		t.Errorf("memory.max %q in the container, want %d", memMax, limit)
 	}
 }
