@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,7 +219,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	s.know(processKey(r.ID, ""))
 	if _, err := sb.Create(r.ID, bundle, stdio, join); err != nil {
 		stdio.Close()
-		s.forget(r.ID)
+		s.forgetContainer(r.ID)
 		return nil, grpcError(err)
 	}
 	s.mu.Lock()
@@ -323,25 +324,26 @@ func (s *service) know(key string) {
 	s.started[key] = false
 }
 
-// forget drops a container's processes (or, with a key, one exec's): their
-// exits are no longer published.
-func (s *service) forget(containerID string, execKeys ...string) {
+// forgetContainer drops a container's processes: their exits are no
+// longer published.
+func (s *service) forgetContainer(containerID string) {
 	s.startsMu.Lock()
 	defer s.startsMu.Unlock()
-	if len(execKeys) > 0 {
-		for _, key := range execKeys {
-			delete(s.started, key)
-			delete(s.pendingExits, key)
-		}
-		return
-	}
 	prefix := processKey(containerID, "")
 	for key := range s.started {
-		if len(key) >= len(prefix) && key[:len(prefix)] == prefix {
+		if strings.HasPrefix(key, prefix) {
 			delete(s.started, key)
 			delete(s.pendingExits, key)
 		}
 	}
+}
+
+// forgetProcess drops one process.
+func (s *service) forgetProcess(key string) {
+	s.startsMu.Lock()
+	defer s.startsMu.Unlock()
+	delete(s.started, key)
+	delete(s.pendingExits, key)
 }
 
 // startPublished publishes a process's start event, then its exit if that
@@ -537,7 +539,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "cannot delete container %s: it is running", r.ID)
 	}
 	// A never-started container is killed here; its exit is not news.
-	s.forget(r.ID)
+	s.forgetContainer(r.ID)
 	if err := sb.Remove(r.ID, true); err != nil {
 		return nil, grpcError(err)
 	}
@@ -571,7 +573,7 @@ func (s *service) deleteExec(sb *sandbox.Sandbox, t *taskRecord, execID string) 
 		}
 		resp.ExitStatus, resp.ExitedAt = uint32(st.ExitStatus), protobuf.ToTimestamp(st.ExitedAt)
 	}
-	s.forget(t.id, processKey(t.id, execID))
+	s.forgetProcess(processKey(t.id, execID))
 	s.mu.Lock()
 	delete(t.execs, execID)
 	s.mu.Unlock()

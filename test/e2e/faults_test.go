@@ -65,28 +65,36 @@ func waitExitStatus(t *testing.T, pid int) int {
 }
 
 // TestHostProcessKilled: whichever host process of a running sandbox is
-// killed (QEMU, the daemon, the stand-in), callers waiting on the stand-in
-// see 137, the container reads stopped, and delete cleans everything.
+// killed (QEMU, the daemon, the stand-in), or when the host's end of the
+// agent channel is shut, callers waiting on the stand-in see 137, the
+// container reads stopped, and delete cleans everything.
 func TestHostProcessKilled(t *testing.T) {
+	kill := func(pick func(standIn, daemon, qemu int) int) func(*testing.T, int, int, int) {
+		return func(t *testing.T, standIn, daemon, qemu int) {
+			if err := syscall.Kill(pick(standIn, daemon, qemu), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	for _, tc := range []struct {
-		victim   string
+		fault    string
 		qemuDies bool // before delete
-		pick     func(standIn, daemon, qemu int) int
+		inflict  func(t *testing.T, standIn, daemon, qemu int)
 	}{
-		{"qemu", true, func(_, _, qemu int) int { return qemu }},
-		{"daemon", true, func(_, daemon, _ int) int { return daemon }},
-		{"stand-in", false, func(standIn, _, _ int) int { return standIn }},
+		{"qemu", true, kill(func(_, _, qemu int) int { return qemu })},
+		{"daemon", true, kill(func(_, daemon, _ int) int { return daemon })},
+		{"stand-in", false, kill(func(standIn, _, _ int) int { return standIn })},
+		// The guest can no longer be reached: it ends.
+		{"agent-channel", true, func(t *testing.T, _, daemon, qemu int) { severAgentChannel(t, daemon, qemu) }},
 	} {
-		t.Run(tc.victim, func(t *testing.T) {
+		t.Run(tc.fault, func(t *testing.T) {
 			e := newEnv(t)
 			reapStandIns(t)
 			id := e.id()
 			standIn := e.create(id)
 			e.start(id)
 			daemon, qemu := e.sandboxPIDs(id)
-			if err := syscall.Kill(tc.pick(standIn, daemon, qemu), syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
+			tc.inflict(t, standIn, daemon, qemu)
 			if status := waitExitStatus(t, standIn); status != 137 {
 				t.Fatalf("stand-in exit status %d, want 137", status)
 			}
@@ -237,26 +245,4 @@ func severAgentChannel(t *testing.T, daemon, qemu int) {
 		return
 	}
 	t.Fatalf("no agent channel among the daemon's descriptors")
-}
-
-// TestAgentChannelClosed: when the host's end of the agent channel goes, the
-// guest can no longer be reached; the daemon ends it, callers waiting on the
-// container see 137 and delete cleans everything.
-func TestAgentChannelClosed(t *testing.T) {
-	e := newEnv(t)
-	reapStandIns(t)
-	id := e.id()
-	standIn := e.create(id)
-	e.start(id)
-	daemon, qemu := e.sandboxPIDs(id)
-	severAgentChannel(t, daemon, qemu)
-	if status := waitExitStatus(t, standIn); status != 137 {
-		t.Fatalf("stand-in exit status %d, want 137", status)
-	}
-	waitFor(t, "QEMU to be gone", func() bool { return !processAlive(qemu) })
-	waitFor(t, "the container to read stopped", func() bool {
-		status, _ := e.state(id)
-		return status == "stopped"
-	})
-	e.mustRun("delete", id)
 }
