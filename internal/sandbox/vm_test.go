@@ -18,14 +18,17 @@ func TestKernelArgs(t *testing.T) {
 	cfg := config.Default()
 	cfg.SharedFS.MSize = 65536
 	cfg.Hypervisor.KernelParams = "foo=bar"
-	args := kernelArgs(cfg)
-	for _, want := range []string{"console=ttyS0", "reboot=t", "panic=-1", "husk.msize=65536", "quiet", "foo=bar"} {
+	args := kernelArgs(cfg, qemu.AccelTCG)
+	for _, want := range []string{"console=ttyS0", "reboot=t", "panic=-1", "husk.msize=65536", "quiet", "foo=bar", "noapictimer"} {
 		if !strings.Contains(" "+args+" ", " "+want+" ") {
 			t.Errorf("kernel args %q lack %q", args, want)
 		}
 	}
+	if args := kernelArgs(cfg, qemu.AccelKVM); strings.Contains(args, "noapictimer") {
+		t.Errorf("KVM guest's kernel args %q turn off the APIC timer", args)
+	}
 	cfg.Runtime.Debug = true
-	if args := kernelArgs(cfg); strings.Contains(args, "quiet") || !strings.Contains(args, "husk.debug=1") {
+	if args := kernelArgs(cfg, qemu.AccelTCG); strings.Contains(args, "quiet") || !strings.Contains(args, "husk.debug=1") {
 		t.Errorf("debug kernel args %q", args)
 	}
 }
