@@ -29,6 +29,22 @@ PY
 }
 summarize "$out/run-true.json"
 
+echo "== start latency with the warm pool (pool.size = 1): run true"
+# Filled before each run (--prepare), the pool hands every run a booted
+# sandbox; back to back, each run finds the sandbox the previous one started
+# still booting or just ready: both are reported.
+pool_cfg=$out/pool.toml
+printf '[pool]\nsize = 1\n' > "$pool_cfg"
+pooled="$top/build/husk --root /run/husk-bench-pool --config $pool_cfg"
+hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/run-true-pool.json" \
+  --prepare "$pooled pool fill --wait" \
+  -n "husk run, pool filled" "$pooled run --bundle $bundle bench-\$\$"
+hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/run-true-pool-b2b.json" \
+  -n "husk run, pool back to back" "$pooled run --bundle $bundle bench-\$\$"
+$pooled pool drain
+summarize "$out/run-true-pool.json"
+summarize "$out/run-true-pool-b2b.json"
+
 echo "== exec latency: husk exec true in a running container"
 husk="$top/build/husk --root /run/husk-bench"
 "$top/scripts/make-bundle.sh" "$out/bundle-sleep" >/dev/null

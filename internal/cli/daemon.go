@@ -176,7 +176,12 @@ func lastLines(path string, n int) string {
 // controlSocket is the daemon's socket, reached through /proc/self/fd so
 // that the path stays short whatever the state root and id.
 func controlSocket(g *globals, id string) (path string, closeDir func(), err error) {
-	dir, err := os.Open(g.store().Dir(id))
+	return controlSocketIn(g.store().Dir(id))
+}
+
+// controlSocketIn is the control socket of the daemon whose directory is dir.
+func controlSocketIn(dirPath string) (path string, closeDir func(), err error) {
+	dir, err := os.Open(dirPath)
 	if err != nil {
 		return "", nil, err
 	}

@@ -98,6 +98,8 @@ func newRoot(g *globals) *cobra.Command {
 		newVersionCommand(g),
 		newCheckCommand(g),
 		newDebugConsoleCommand(g),
+		newPoolCommand(g),
+		newPoolDaemonCommand(g),
 		newDaemonCommand(g),
 		newStandInCommand(g),
 		newCreateCommand(g),

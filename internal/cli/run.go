@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/oci"
 	"github.com/husk-runtime/husk/internal/state"
@@ -124,12 +125,16 @@ func createContainer(g *globals, id string, f *createFlags) (retErr error) {
 	}); err != nil {
 		return err
 	}
+	topUpPool(g, p.cfg)
 	return writePIDFile(f.pidFile, pid)
 }
 
 // prepared is a container whose sandbox is up, with nothing created in it yet.
 type prepared struct {
 	bundle *oci.Bundle
+	cfg    *config.Config
+	// daemon is the daemon started for the container; nil when the
+	// sandbox came from the warm pool.
 	daemon *daemonHandle
 }
 
@@ -155,6 +160,13 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 		ID: id, Bundle: bundle.Dir, Rootfs: bundle.Rootfs, Created: time.Now().UTC(),
 		Owner: ownerName(), Annotations: bundle.Spec.Annotations, Status: state.Creating, StandIn: standIn,
 	}
+	pooled, err := claimPooled(g, cfg, bundle.Spec, st)
+	if err != nil {
+		return nil, err
+	}
+	if pooled {
+		return &prepared{bundle: bundle, cfg: cfg}, nil
+	}
 	store := g.store()
 	if err := store.Create(st); err != nil {
 		if errors.Is(err, state.ErrExist) {
@@ -167,7 +179,7 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 		_ = store.Remove(id)
 		return nil, err
 	}
-	return &prepared{bundle: bundle, daemon: daemon}, nil
+	return &prepared{bundle: bundle, cfg: cfg, daemon: daemon}, nil
 }
 
 func ownerName() string {
@@ -246,6 +258,7 @@ func runContainer(g *globals, id string, f *createFlags) (retErr error) {
 	if err != nil {
 		return err
 	}
+	topUpPool(g, p.cfg)
 	if err := writePIDFile(f.pidFile, os.Getpid()); err != nil {
 		return err
 	}

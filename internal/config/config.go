@@ -27,6 +27,7 @@ type Config struct {
 	Agent      Agent      `toml:"agent" json:"agent"`
 	Network    Network    `toml:"network" json:"network"`
 	Runtime    Runtime    `toml:"runtime" json:"runtime"`
+	Pool       Pool       `toml:"pool" json:"pool"`
 
 	// Source is the file the configuration came from, "" for built-in defaults.
 	Source string `toml:"-" json:"source"`
@@ -72,6 +73,13 @@ const (
 type Runtime struct {
 	Debug        bool `toml:"debug" json:"debug"`
 	DebugConsole bool `toml:"debug_console" json:"debug_console"`
+}
+
+// Pool configures the warm pool: booted, empty sandboxes kept ready for
+// the runc-compatible front door (husk create/run, Docker, Podman).
+type Pool struct {
+	// Size is how many sandboxes the pool keeps booted; 0 turns it off.
+	Size int `toml:"size" json:"size"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -191,6 +199,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shared_fs.msize = %d: want 4096 to 16777216", c.SharedFS.MSize)
 	case c.Agent.BootTimeout.Duration <= 0:
 		return fmt.Errorf("agent.boot_timeout = %s: must be positive", c.Agent.BootTimeout)
+	case c.Pool.Size < 0 || c.Pool.Size > maxPoolSize:
+		return fmt.Errorf("pool.size = %d: want 0 (off) to %d", c.Pool.Size, maxPoolSize)
 	case c.Network.Mode == "macvtap":
 		return errors.New(`network.mode = "macvtap": not supported yet; use "tc"`)
 	case c.Network.Mode != NetworkTC && c.Network.Mode != NetworkNone:
@@ -198,6 +208,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// maxPoolSize bounds the warm pool: each pooled sandbox holds a booted VM.
+const maxPoolSize = 64
 
 // CheckAssets reports a missing QEMU binary, kernel or initrd.
 func (c *Config) CheckAssets() error {

@@ -35,6 +35,9 @@ const (
 	// OpDebugConsole opens a shell in the guest on the passed terminal
 	// input and output; the reply comes when the shell has exited.
 	OpDebugConsole = "debug-console"
+	// OpAdopt makes a pooled sandbox Container's: the caller has renamed
+	// the pool slot's directory to that container's state directory.
+	OpAdopt = "adopt"
 )
 
 // maxMessage bounds one request or reply.

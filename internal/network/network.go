@@ -87,6 +87,32 @@ func inNetNS(path string, fn func() error) error {
 	return fnErr
 }
 
+// HasInterfaces says whether the namespace at path has an interface that
+// Attach would join to a VM.
+func HasInterfaces(path string) (bool, error) {
+	found := false
+	err := inNetNS(path, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("listing interfaces: %w", err)
+		}
+		for _, link := range links {
+			if joinable(link) {
+				found = true
+				break
+			}
+		}
+		return nil
+	})
+	return found, err
+}
+
+// joinable says whether Attach joins link to the VM: loopback stays in the
+// namespace, and taps are husk's own.
+func joinable(link netlink.Link) bool {
+	return link.Attrs().Flags&net.FlagLoopback == 0 && link.Type() != "tuntap"
+}
+
 // Attach joins every interface of the namespace at path (other than
 // loopback) to a new tap device and reads the routes the guest must have.
 // A namespace with loopback only gives an attachment with no endpoints.
@@ -106,7 +132,7 @@ func Attach(path string) (_ *Attachment, retErr error) {
 		for _, link := range links {
 			attrs := link.Attrs()
 			names[attrs.Index] = attrs.Name
-			if attrs.Flags&net.FlagLoopback != 0 || link.Type() == "tuntap" {
+			if !joinable(link) {
 				continue
 			}
 			ep, err := attachLink(link, len(a.Endpoints))

@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/oci"
+	"github.com/husk-runtime/husk/internal/pool"
 	"github.com/husk-runtime/husk/internal/state"
 )
 
@@ -21,10 +23,16 @@ import (
 // API on a unix socket in the container's state directory and keeps the
 // container's state file true.
 type Daemon struct {
-	id    string
 	store state.Store
 	sb    *Sandbox
 	log   *slog.Logger
+
+	// mu guards id and dir, which change once for a pooled daemon: id is
+	// "" until a create adopts it, and dir moves from the pool slot to the
+	// container's state directory.
+	mu  sync.Mutex
+	id  string
+	dir string
 
 	listener *net.UnixListener
 	stopOnce sync.Once
@@ -35,11 +43,11 @@ type Daemon struct {
 // line: "ok" or the error), then serves until the sandbox is shut down.
 func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteCloser) error {
 	d := &Daemon{
-		id: id, store: store,
+		id: id, dir: store.Dir(id), store: store,
 		stopped: make(chan struct{}),
 		log:     slog.New(slog.NewTextHandler(os.Stderr, nil)).With("sandbox", id),
 	}
-	err := d.boot(cfg)
+	err := d.boot(cfg, d.bootOptions(cfg))
 	if err != nil {
 		fmt.Fprintf(ready, "%v\n", err)
 		ready.Close()
@@ -60,19 +68,10 @@ func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteC
 	return nil
 }
 
-func (d *Daemon) boot(cfg *config.Config) error {
-	dir := d.store.Dir(d.id)
-	if err := os.Chdir(dir); err != nil {
-		return fmt.Errorf("entering the state directory: %w", err)
-	}
-	l, err := control.Listen(control.SocketName)
-	if err != nil {
-		return err
-	}
-	d.listener = l
-	// The VM gets its network devices and its size at boot: they come from
-	// the bundle that create named.
-	opts := Options{ID: d.id, Dir: dir, Config: cfg, Log: d.log, OnExit: d.saveExit}
+// bootOptions says what sandbox to boot for the container: the VM gets its
+// network devices and its size at boot, from the bundle that create named.
+func (d *Daemon) bootOptions(cfg *config.Config) Options {
+	opts := Options{ID: d.id, Dir: d.dir, Config: cfg, Log: d.log, OnExit: d.saveExit}
 	if st, err := d.store.Load(d.id); err == nil {
 		if spec, err := oci.ReadSpec(st.Bundle); err == nil {
 			opts.NetNS = oci.NetworkNamespacePath(spec)
@@ -81,16 +80,135 @@ func (d *Daemon) boot(cfg *config.Config) error {
 			}
 		}
 	}
+	return opts
+}
+
+func (d *Daemon) boot(cfg *config.Config, opts Options) error {
+	if err := os.Chdir(opts.Dir); err != nil {
+		return fmt.Errorf("entering the state directory: %w", err)
+	}
+	l, err := control.Listen(control.SocketName)
+	if err != nil {
+		return err
+	}
+	d.listener = l
 	sb, err := Boot(opts)
 	if err != nil {
 		return err
 	}
 	d.sb = sb
+	if d.id == "" {
+		return nil // pooled: no container's state yet
+	}
+	return d.recordProcesses()
+}
+
+// recordProcesses writes the daemon and QEMU into the container's state.
+func (d *Daemon) recordProcesses() error {
 	return d.store.Update(d.id, func(st *state.State) error {
 		st.Daemon = state.Self()
-		st.QEMU = state.ProcessOf(sb.VMPID())
+		st.QEMU = state.ProcessOf(d.sb.VMPID())
 		return nil
 	})
+}
+
+// RunPoolDaemon is a pooled daemon's main: it boots a VM of the configured
+// size with no network in the pool slot dir, says so in the slot's
+// description, and serves until a create adopts it, then as RunDaemon
+// does. If its guest ends before, or it is shut down, it removes the slot.
+func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Config) error {
+	d := &Daemon{
+		dir: dir, store: store,
+		stopped: make(chan struct{}),
+		log:     slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pool_slot", filepath.Base(dir)),
+	}
+	// The slot is renamed when a create claims it, or when it is taken out
+	// of the pool to be ended, maybe while the guest boots: from here on
+	// the daemon names its files relative to its working directory, which
+	// follows the rename, never by the slot's path.
+	if err := os.Chdir(dir); err != nil {
+		d.cleanup()
+		return fmt.Errorf("entering the pool slot: %w", err)
+	}
+	info := pool.Info{Fingerprint: fingerprint, Daemon: state.Self()}
+	if err := pool.WriteInfo(".", info); err != nil {
+		d.cleanup()
+		return err
+	}
+	opts := Options{ID: "pool-" + filepath.Base(dir), Dir: ".", Config: cfg, Log: d.log, OnExit: d.saveExit}
+	if err := d.boot(cfg, opts); err != nil {
+		d.log.Error("booting a pooled sandbox", "err", err)
+		d.cleanup()
+		return err
+	}
+	go func() { _ = control.Serve(d.listener, d.handle) }()
+	go func() {
+		<-d.sb.VMExited()
+		d.mu.Lock()
+		pooled := d.id == ""
+		d.mu.Unlock()
+		if pooled {
+			d.log.Error("the pooled sandbox's guest ended before a container took it")
+			d.stop()
+		}
+	}()
+	info.QEMU, info.Ready = state.ProcessOf(d.sb.VMPID()), true
+	if err := pool.WriteInfo(".", info); err != nil {
+		d.log.Error("announcing the pooled sandbox", "err", err)
+		d.stop()
+	}
+	d.log.Info("pooled sandbox ready")
+	<-d.stopped
+	return nil
+}
+
+// adopt makes a pooled sandbox the container's. The caller has renamed the
+// slot directory (this process's working directory) to the container's
+// state directory and written its state there.
+func (d *Daemon) adopt(req *control.Request) (*control.Reply, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.id != "" {
+		return nil, &control.Error{Code: control.CodeInvalid, Message: "this sandbox is " + d.id + "'s, not pooled"}
+	}
+	dir := d.store.Dir(req.Container)
+	if err := sameDirectory(".", dir); err != nil {
+		return nil, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
+	}
+	d.id, d.dir = req.Container, dir
+	d.log = d.log.With("sandbox", d.id)
+	d.sb.Relocate(d.id, dir)
+	if err := pool.RemoveInfo(dir); err != nil {
+		d.log.Warn("removing the pool slot's description", "err", err)
+	}
+	if err := d.recordProcesses(); err != nil {
+		return nil, err
+	}
+	d.log.Info("pooled sandbox adopted")
+	return &control.Reply{}, nil
+}
+
+// sameDirectory checks that two paths name one directory.
+func sameDirectory(a, b string) error {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return err
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		return err
+	}
+	if !os.SameFile(fa, fb) {
+		return fmt.Errorf("%s is not this pooled sandbox's directory", b)
+	}
+	return nil
+}
+
+// pooled says whether the daemon still waits in the pool.
+func (d *Daemon) pooled() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.id == ""
 }
 
 // saveExit records a container's end. It runs before any waiter is
@@ -156,6 +274,10 @@ func stdioOf(req *control.Request, files []*os.File) (Stdio, error) {
 }
 
 func (d *Daemon) handle(req *control.Request, files []*os.File, gone <-chan struct{}) (*control.Reply, error) {
+	if d.pooled() && req.Op != control.OpAdopt && req.Op != control.OpShutdown {
+		closeFiles(files)
+		return nil, &control.Error{Code: control.CodeInvalid, Message: "a pooled sandbox takes no request before a create adopts it"}
+	}
 	switch req.Op {
 	case control.OpCreate, control.OpExec, control.OpDebugConsole:
 		reply, err := d.withStdio(req, files, gone)
@@ -180,6 +302,8 @@ func (d *Daemon) handle(req *control.Request, files []*os.File, gone <-chan stru
 		return &control.Reply{}, d.sb.Resize(req.Container, req.ExecID, req.Rows, req.Cols)
 	case control.OpShutdown:
 		return d.shutdown(req)
+	case control.OpAdopt:
+		return d.adopt(req)
 	case control.OpPs:
 		pids, err := d.sb.Processes(req.Container)
 		return &control.Reply{PIDs: pids}, err
@@ -289,13 +413,24 @@ func (d *Daemon) stop() {
 
 // cleanup powers the VM off and removes everything the sandbox made.
 func (d *Daemon) cleanup() {
+	d.mu.Lock()
+	id, dir := d.id, d.dir
+	if id == "" {
+		// A pooled daemon's slot is renamed when it is taken out of the
+		// pool to be ended; its working directory followed.
+		if wd, err := os.Getwd(); err == nil && filepath.Dir(wd) == pool.Of(d.store.Root).Dir {
+			dir = wd
+		}
+	}
+	d.mu.Unlock()
 	if d.listener != nil {
 		d.listener.Close()
 	}
 	if d.sb != nil {
+		d.sb.Relocate(id, dir)
 		d.sb.Stop()
 	}
-	if err := d.store.Remove(d.id); err != nil {
+	if err := os.RemoveAll(dir); err != nil {
 		d.log.Error("removing state", "err", err)
 	}
 }

@@ -38,10 +38,13 @@ const exitStatusVMGone = 128 + 9
 // shim (Task API). Errors it returns are *control.Error where the caller
 // must tell them apart.
 type Sandbox struct {
-	id  string
-	dir string
 	vm  *VM
 	log *slog.Logger
+
+	// where guards id and dir, which a pooled sandbox's adoption changes.
+	where sync.Mutex
+	id    string
+	dir   string
 
 	// netns is the host network namespace the sandbox was joined to;
 	// network holds what joining it made (nil: loopback only).
@@ -105,8 +108,11 @@ func (p *procRecord) hasExited() bool {
 
 // Options say what sandbox to boot.
 type Options struct {
-	ID     string
-	Dir    string // the sandbox's state directory, absolute; it becomes the working directory
+	ID string
+	// Dir is the sandbox's state directory; it becomes the working
+	// directory. Absolute, or "." for a pooled sandbox, whose directory is
+	// renamed under it.
+	Dir    string
 	Config *config.Config
 	Log    *slog.Logger
 	OnExit func(ExitEvent)
@@ -127,7 +133,7 @@ func Boot(opts Options) (*Sandbox, error) {
 	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
 		containers: map[string]*containerRecord{}, netns: opts.NetNS}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
-	vmOpts.CPUs, vmOpts.MemoryMiB = vmSize(opts.Config, opts.Resources)
+	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
 	if opts.NetNS != "" && opts.Config.Network.Mode == config.NetworkTC {
 		att, err := network.Attach(opts.NetNS)
 		switch {
@@ -209,6 +215,26 @@ func (s *Sandbox) configureNetwork() error {
 	s.log.Info("network joined", "netns", s.netns, "interfaces", len(req.Interfaces), "routes", len(req.Routes))
 	return nil
 }
+
+// Relocate gives a pooled sandbox, whose state directory was renamed to
+// dir, the id and directory of the container that took it. QEMU and the
+// daemon hold their files and sockets open, so they follow the rename;
+// only the paths the sandbox names from now on change.
+func (s *Sandbox) Relocate(id, dir string) {
+	s.where.Lock()
+	defer s.where.Unlock()
+	s.id, s.dir = id, dir
+}
+
+// sharedDir is the directory shared with the guest.
+func (s *Sandbox) sharedDir() string {
+	s.where.Lock()
+	defer s.where.Unlock()
+	return filepath.Join(s.dir, SharedDir)
+}
+
+// VMExited is closed when QEMU has ended.
+func (s *Sandbox) VMExited() <-chan struct{} { return s.vm.Exited() }
 
 // VMPID is QEMU's process id.
 func (s *Sandbox) VMPID() int { return s.vm.PID() }
@@ -334,7 +360,7 @@ func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[sp
 		}
 	}()
 
-	sharedDir := filepath.Join(s.dir, SharedDir)
+	sharedDir := s.sharedDir()
 	shared, err := shareContainer(sharedDir, id, bundle)
 	if err != nil {
 		unshareContainer(sharedDir, id)
@@ -688,7 +714,7 @@ func (s *Sandbox) release(c *containerRecord) {
 	for _, p := range c.execs {
 		closeAll(p.stdio)
 	}
-	unshareContainer(filepath.Join(s.dir, SharedDir), c.id)
+	unshareContainer(s.sharedDir(), c.id)
 }
 
 // Running lists the containers whose init process has not exited.
@@ -717,7 +743,7 @@ func (s *Sandbox) Stop() {
 		s.release(c)
 	}
 	// The VM's teardown detached the share's root; this catches the rest.
-	unmountShareRoot(filepath.Join(s.dir, SharedDir))
+	unmountShareRoot(s.sharedDir())
 	s.network.Detach()
 }
 

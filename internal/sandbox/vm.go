@@ -155,10 +155,10 @@ func orDefault(v, def int) int {
 // the host has only adds contention.
 func maxVCPUs() int { return min(runtime.NumCPU(), 64) }
 
-// vmSize sizes the VM for a container's resources, so that its limits can
+// VMSize sizes the VM for a container's resources, so that its limits can
 // be used: its memory limit is added to the configured memory, and its CPU
 // quota (quota/period, rounded up) raises the vCPUs, up to the host's CPUs.
-func vmSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int) {
+func VMSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int) {
 	cpus, memoryMiB = cfg.Hypervisor.VCPUs, cfg.Hypervisor.MemoryMiB
 	if res == nil {
 		return cpus, memoryMiB

@@ -105,7 +105,7 @@ func TestVMSizeFollowsResources(t *testing.T) {
 		{"memory limit", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}, 1, 556},
 		{"cpu quota", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}}, min(2, maxVCPUs()), 256},
 	} {
-		cpus, memory := vmSize(cfg, tc.res)
+		cpus, memory := VMSize(cfg, tc.res)
 		if cpus != tc.cpus || memory != tc.memory {
 			t.Errorf("%s: %d vCPUs, %d MiB; want %d, %d", tc.name, cpus, memory, tc.cpus, tc.memory)
 		}

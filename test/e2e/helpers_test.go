@@ -159,7 +159,7 @@ func (e *env) checkNoLeaks() {
 		leaks = leaks[:0]
 		out, _ := exec.Command("ps", "-eo", "pid,args").Output()
 		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, e.root) && (strings.Contains(line, "qemu-system") || strings.Contains(line, "sandbox-daemon") || strings.Contains(line, " stand-in ")) {
+			if strings.Contains(line, e.root) && (strings.Contains(line, "qemu-system") || strings.Contains(line, "sandbox-daemon") || strings.Contains(line, "pool-daemon") || strings.Contains(line, " stand-in ")) {
 				leaks = append(leaks, "process: "+strings.TrimSpace(line))
 			}
 		}

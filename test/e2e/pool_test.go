@@ -1,0 +1,254 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// poolSlot is one line of `husk pool status --format json`.
+type poolSlot struct {
+	Slot    string `json:"slot"`
+	Status  string `json:"status"`
+	Daemon  int    `json:"daemon_pid"`
+	QEMU    int    `json:"qemu_pid"`
+	Current bool   `json:"current"`
+}
+
+// newPoolEnv is a test environment whose configuration keeps a warm pool of
+// size sandboxes; the pool is drained when the test ends, before the leak
+// check.
+func newPoolEnv(t *testing.T, size int) *env {
+	e := newEnv(t)
+	e.writeConfig(fmt.Sprintf("[pool]\nsize = %d\n", size))
+	t.Cleanup(func() {
+		if r := e.run("", "pool", "drain"); r.status != 0 {
+			t.Errorf("pool drain: status %d, stderr %q", r.status, r.stderr)
+		}
+	})
+	return e
+}
+
+func (e *env) poolStatus() []poolSlot {
+	e.t.Helper()
+	r := e.run("", "pool", "status", "--format", "json")
+	if r.status != 0 {
+		e.t.Fatalf("pool status: status %d, stderr %q", r.status, r.stderr)
+	}
+	var slots []poolSlot
+	if err := json.Unmarshal([]byte(r.stdout), &slots); err != nil {
+		e.t.Fatalf("pool status: %v: %q", err, r.stdout)
+	}
+	return slots
+}
+
+func (e *env) fillPool() []poolSlot {
+	e.t.Helper()
+	if r := e.run("", "pool", "fill", "--wait"); r.status != 0 {
+		e.t.Fatalf("pool fill: status %d, stderr %q", r.status, r.stderr)
+	}
+	return e.poolStatus()
+}
+
+// containerQEMU is the QEMU pid in a container's state file.
+func (e *env) containerQEMU(id string) int {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.root, "state", id, "state.json"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var st struct {
+		QEMU struct {
+			PID int `json:"pid"`
+		} `json:"qemu"`
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		e.t.Fatal(err)
+	}
+	return st.QEMU.PID
+}
+
+// createStartWait creates a container running args in a bundle changed by
+// edit, reports its QEMU, starts it and waits for it to exit (reading its
+// state), then deletes it.
+func (e *env) createStartWait(id string, edit func(*specs.Spec), args ...string) (qemu int) {
+	e.t.Helper()
+	e.createWith(id, edit, args...)
+	qemu = e.containerQEMU(id)
+	if r := e.run("", "start", id); r.status != 0 {
+		e.t.Fatalf("start: status %d, stderr %q", r.status, r.stderr)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(e.run("", "state", id).stdout, `"stopped"`) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s did not stop", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := e.run("", "delete", id); r.status != 0 {
+		e.t.Fatalf("delete: status %d, stderr %q", r.status, r.stderr)
+	}
+	return qemu
+}
+
+// gone waits up to 10 s for a process to end; a run or delete that took a
+// pooled sandbox ends its daemon and QEMU as it returns, not before.
+func gone(pid int) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// TestWarmPool: a filled pool holds a booted sandbox; a container takes it
+// (its QEMU is the pooled one), runs with its own rootfs and output, and
+// the pool is refilled in the background with a new sandbox.
+func TestWarmPool(t *testing.T) {
+	e := newPoolEnv(t, 1)
+	slots := e.fillPool()
+	if len(slots) != 1 || slots[0].Status != "ready" || !slots[0].Current || slots[0].QEMU == 0 {
+		t.Fatalf("after fill: %+v, want one ready slot", slots)
+	}
+	pooled := slots[0]
+
+	// husk run takes the pooled sandbox.
+	r := e.run("", "run", "--bundle", e.bundle(nil, "sh", "-c", "echo from the pool; cat /proc/1/cmdline | tr '\\0' ' '"), e.id())
+	if r.status != 0 || r.stdout != "from the pool\nsh -c echo from the pool; cat /proc/1/cmdline | tr '\\0' ' ' " {
+		t.Fatalf("run: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	if !gone(pooled.QEMU) || !gone(pooled.Daemon) {
+		t.Errorf("the pooled sandbox (daemon %d, QEMU %d) outlived the run that took it", pooled.Daemon, pooled.QEMU)
+	}
+
+	// The run refilled the pool; a create takes that one.
+	slots = e.fillPool()
+	if len(slots) != 1 || slots[0].Slot == pooled.Slot {
+		t.Fatalf("after the run: %+v, want one new slot", slots)
+	}
+	next := slots[0]
+	id := e.id()
+	if qemu := e.createStartWait(id, nil, "true"); qemu != next.QEMU {
+		t.Errorf("create got QEMU %d, the pooled sandbox's is %d", qemu, next.QEMU)
+	}
+	if _, err := os.Stat(filepath.Join(e.root, "state", id)); err == nil {
+		t.Errorf("state of %s left after delete", id)
+	}
+}
+
+// TestWarmPoolMisfits: a container whose VM would differ from a pooled one
+// (a memory limit; a network namespace with an interface) boots its own,
+// and the pooled sandbox stays ready; a namespace with loopback only takes
+// the pooled one.
+func TestWarmPoolMisfits(t *testing.T) {
+	e := newPoolEnv(t, 1)
+	pooled := e.fillPool()[0]
+	limit := int64(64 << 20)
+	withLimit := func(s *specs.Spec) {
+		s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+	}
+	if qemu := e.createStartWait(e.id(), withLimit, "true"); qemu == pooled.QEMU {
+		t.Errorf("a container with a memory limit took the pooled sandbox")
+	}
+
+	f := newNetFixture(t)
+	if qemu := e.createStartWait(e.id(), inNamespace(f.a), "true"); qemu == pooled.QEMU {
+		t.Errorf("a container with a veth in its namespace took the pooled sandbox")
+	}
+	if slots := e.poolStatus(); len(slots) != 1 || slots[0].Slot != pooled.Slot || slots[0].Status != "ready" {
+		t.Fatalf("pool after two misfits: %+v, want %s still ready", slots, pooled.Slot)
+	}
+
+	lonely := "husk-e2e-lo-" + filepath.Base(e.root)
+	if out, err := exec.Command("ip", "netns", "add", lonely).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", lonely).Run() })
+	r := e.run("", "run", "--bundle", e.bundle(inNamespace(lonely), "sh", "-c", "ls /sys/class/net"), e.id())
+	if r.status != 0 || r.stdout != "lo\n" {
+		t.Fatalf("run in a loopback-only namespace: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	if !gone(pooled.QEMU) {
+		t.Errorf("a container in a loopback-only namespace did not take the pooled sandbox")
+	}
+}
+
+// TestWarmPoolFaultsAndChanges: a pooled sandbox whose QEMU dies leaves the
+// pool; one whose daemon is killed is skipped and then cleared; a change of
+// configuration replaces the pooled sandboxes booted with the old one.
+func TestWarmPoolFaultsAndChanges(t *testing.T) {
+	e := newPoolEnv(t, 1)
+	pooled := e.fillPool()[0]
+	if err := syscall.Kill(pooled.QEMU, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(e.poolStatus()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot of a killed pooled QEMU is still there: %+v", e.poolStatus())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	pooled = e.fillPool()[0]
+	if err := syscall.Kill(pooled.Daemon, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(pooled.QEMU) {
+		t.Fatalf("QEMU %d outlived its pooled daemon", pooled.QEMU)
+	}
+	r := e.run("", "run", "--bundle", e.bundle(nil, "echo", "booted"), e.id())
+	if r.status != 0 || r.stdout != "booted\n" {
+		t.Fatalf("run with a dead pooled sandbox: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	for _, s := range e.fillPool() {
+		if s.Slot == pooled.Slot {
+			t.Errorf("the dead slot %s is still in the pool", s.Slot)
+		}
+	}
+
+	old := e.poolStatus()[0]
+	// (writeConfig's extra TOML follows the [hypervisor] table's lines.)
+	e.writeConfig("memory_mib = 320\n[pool]\nsize = 1\n")
+	if s := e.poolStatus(); len(s) != 1 || s[0].Current {
+		t.Fatalf("after a configuration change: %+v, want the old slot, not current", s)
+	}
+	slots := e.fillPool()
+	if len(slots) != 1 || slots[0].Slot == old.Slot || !slots[0].Current {
+		t.Fatalf("after fill with a new configuration: %+v", slots)
+	}
+	if !gone(old.QEMU) {
+		t.Errorf("the old pooled QEMU %d is still running", old.QEMU)
+	}
+	r = e.run("", "run", "--bundle", e.bundle(nil, "true"), e.id())
+	if r.status != 0 {
+		t.Fatalf("run: status %d, stderr %q", r.status, r.stderr)
+	}
+	if !gone(slots[0].QEMU) {
+		t.Errorf("the run did not take the sandbox pooled with the new configuration")
+	}
+}
+
+// TestPoolBadInput: filling a pool that the configuration turns off, and a
+// size out of range, are errors that name pool.size.
+func TestPoolBadInput(t *testing.T) {
+	e := newEnv(t)
+	if r := e.run("", "pool", "fill"); r.status == 0 || !strings.Contains(r.stderr, "pool.size") {
+		t.Errorf("pool fill with the pool off: status %d, stderr %q", r.status, r.stderr)
+	}
+	e.writeConfig("[pool]\nsize = 65\n")
+	if r := e.run("", "pool", "fill"); r.status == 0 || !strings.Contains(r.stderr, "pool.size") {
+		t.Errorf("pool fill with size 65: status %d, stderr %q", r.status, r.stderr)
+	}
+}
