@@ -123,13 +123,20 @@ timeout: 60
 debug: false
 pull-image-on-create: false"
 
+# A second runtime, husk-pool: husk with a warm pool of one sandbox.
+write_file "$run/husk-pool.toml" "[pool]
+size = 1"
+write_file "$run/husk-pool" "#!/bin/sh
+exec '$top/build/husk' --config '$run/husk-pool.toml' \"\$@\""
+chmod 0755 "$run/husk-pool"
+
 docker_host=unix://$run/docker.sock
 dockerd_args=(-H "$docker_host" --pidfile "$run/docker.pid"
   --data-root /var/lib/husk-test/docker --exec-root "$run/docker-exec"
   --containerd "$containerd_sock" --containerd-namespace husk-test
   --containerd-plugins-namespace husk-test-plugins
   --iptables=false --ip-masq=false --bridge=none
-  --add-runtime husk="$top/build/husk")
+  --add-runtime husk="$top/build/husk" --add-runtime husk-pool="$run/husk-pool")
 dockerd_key=$(printf '%s\n' "${dockerd_args[@]}" | sha256sum | cut -d' ' -f1)
 
 stop_dockerd() {
@@ -219,5 +226,6 @@ if ctr version >/dev/null 2>&1; then
 fi
 
 echo "HUSK_TEST_DOCKER_HOST=$docker_host"
+echo "HUSK_TEST_DOCKER_EXEC_ROOT=$run/docker-exec"
 echo "HUSK_TEST_CRICTL_CONFIG=$run/crictl.yaml"
 echo "HUSK_TEST_CTR_NAMESPACE=$ctr_namespace"

@@ -22,6 +22,11 @@ func init() {
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix("husk-agent: ")
+	// Run anywhere else (by hand, in the guest's debug console), the agent
+	// would remount the guest's root and power the guest off on its way out.
+	if os.Getpid() != 1 {
+		log.Fatal("runs only as the guest's init (PID 1)")
+	}
 	err := agent.Run()
 	log.Printf("fatal: %v", err)
 	agent.PowerOff()

@@ -14,7 +14,9 @@ func TestDebugConsole(t *testing.T) {
 	id := e.id()
 	e.create(id)
 	e.start(id)
-	script := "echo sum=$((6*7)); cat /proc/1/cmdline; echo; ps; exit\n"
+	// /init run by hand refuses: it is the agent, which as anything but
+	// PID 1 would take the guest down with it.
+	script := "echo sum=$((6*7)); cat /proc/1/cmdline; echo; ps; /init; echo init=$?; exit\n"
 	r := e.run(script, "debug-console", id)
 	if r.status != 0 {
 		t.Fatalf("debug-console: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
@@ -24,10 +26,15 @@ func TestDebugConsole(t *testing.T) {
 		"/init",        // PID 1 is the agent: the shell is in the guest, not the container
 		"sleep 0.1",    // the container's processes are in sight
 		"husk-guest# ", // its prompt
+		"runs only as the guest's init (PID 1)",
+		"init=1",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("debug console output lacks %q:\n%s", want, r.stdout)
 		}
+	}
+	if r := e.run("", "exec", id, "echo", "still up"); r.status != 0 || r.stdout != "still up\n" {
+		t.Errorf("exec after /init in the debug console: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
 	}
 	e.mustRun("delete", "--force", id)
 

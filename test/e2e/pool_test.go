@@ -252,3 +252,61 @@ func TestPoolBadInput(t *testing.T) {
 		t.Errorf("pool fill with size 65: status %d, stderr %q", r.status, r.stderr)
 	}
 }
+
+// TestDockerWarmPool: Docker with husk-pool (husk with pool.size = 1, see
+// scripts/start-services.sh): `docker run --network none` takes the pooled
+// sandbox, whose QEMU is gone after the run, and the pool is full again
+// afterwards; draining it leaves nothing of this dockerd's sandboxes.
+func TestDockerWarmPool(t *testing.T) {
+	d := newDockerEnv(t)
+	execRoot := os.Getenv("HUSK_TEST_DOCKER_EXEC_ROOT")
+	if r := d.run("", "info", "--format", "{{json .Runtimes}}"); execRoot == "" || !strings.Contains(r.stdout, "husk-pool") {
+		t.Skip("dockerd has no husk-pool runtime: run scripts/start-services.sh (make test does)")
+	}
+	// husk's state root under Docker: the one holding the pool once the
+	// first run has filled it.
+	poolRoot := func() string {
+		matches, _ := filepath.Glob(filepath.Join(execRoot, "runtime-runc", "*", "@pool"))
+		if len(matches) != 1 {
+			return ""
+		}
+		return filepath.Dir(matches[0])
+	}
+	husk := func(root string, args ...string) result {
+		full := append([]string{"--root", root, "--config", filepath.Join(filepath.Dir(execRoot), "husk-pool.toml")}, args...)
+		return runCommand(t, exec.Command(huskBin, full...), "")
+	}
+	t.Cleanup(func() {
+		if root := poolRoot(); root != "" {
+			if r := husk(root, "pool", "drain"); r.status != 0 {
+				t.Errorf("pool drain: status %d, stderr %q", r.status, r.stderr)
+			}
+		}
+	})
+	run := func(want string) {
+		t.Helper()
+		r := d.run("", "run", "--rm", "--runtime", "husk-pool", "--network", "none", "busybox:local", "echo", want)
+		if r.status != 0 || r.stdout != want+"\n" {
+			t.Fatalf("docker run: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+		}
+	}
+	run("first") // boots its own sandbox and fills the pool
+	root := poolRoot()
+	if root == "" {
+		t.Fatalf("no warm pool under %s after a run with husk-pool", execRoot)
+	}
+	if r := husk(root, "pool", "fill", "--wait"); r.status != 0 {
+		t.Fatalf("pool fill: status %d, stderr %q", r.status, r.stderr)
+	}
+	var slots []poolSlot
+	if r := husk(root, "pool", "status", "--format", "json"); json.Unmarshal([]byte(r.stdout), &slots) != nil || len(slots) != 1 || slots[0].Status != "ready" {
+		t.Fatalf("pool status: %q, %q", r.stdout, r.stderr)
+	}
+	run("second")
+	if !gone(slots[0].QEMU) {
+		t.Errorf("docker run did not take the pooled sandbox (QEMU %d still runs)", slots[0].QEMU)
+	}
+	if r := husk(root, "pool", "fill", "--wait"); r.status != 0 {
+		t.Fatalf("pool fill after the run: status %d, stderr %q", r.status, r.stderr)
+	}
+}
