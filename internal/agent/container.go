@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/opencontainers/cgroups/fs2"
@@ -17,6 +19,8 @@ import (
 
 	// Device rules in the container's cgroup need the cgroup devices manager.
 	_ "github.com/opencontainers/cgroups/devices"
+
+	"github.com/husk-runtime/husk/internal/channel"
 )
 
 // process is one process the agent started: a container's init or an exec.
@@ -95,11 +99,52 @@ func newContainerConfig(id string, spec *specs.Spec) (*configs.Config, error) {
 	if spec.Root == nil || spec.Root.Path == "" {
 		return nil, errors.New("root.path must be set")
 	}
+	if err := applyGuestNetworkSysctls(spec); err != nil {
+		return nil, err
+	}
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: id, Spec: spec})
 	if err != nil {
 		return nil, fmt.Errorf("converting the spec: %w", err)
 	}
 	return cfg, nil
+}
+
+// applyGuestNetworkSysctls sets the spec's net.* sysctls in the guest's
+// network namespace, and takes them out of the spec, when the container
+// joins that namespace (it shares its sandbox's network). libcontainer
+// refuses net.* sysctls for a container in its runtime's own network
+// namespace, because under runc that namespace is the host's; here it is
+// the VM's, which the sandbox alone has, and setting them there is what
+// runc does for a container that joins another's network namespace.
+// Docker sets net.ipv4.ip_unprivileged_port_start for every container
+// with a network of its own.
+func applyGuestNetworkSysctls(spec *specs.Spec) error {
+	if spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
+		return nil
+	}
+	joinsGuest := false
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace && ns.Path == channel.GuestNetNS {
+			joinsGuest = true
+		}
+	}
+	if !joinsGuest {
+		return nil
+	}
+	for key, value := range spec.Linux.Sysctl {
+		if !strings.HasPrefix(key, "net.") {
+			continue
+		}
+		path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+		if strings.Contains(key, "/") || strings.Contains(key, "..") || filepath.Clean(path) != path {
+			return fmt.Errorf("linux.sysctl %q: not a sysctl name", key)
+		}
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("linux.sysctl %q = %q: %w", key, value, err)
+		}
+		delete(spec.Linux.Sysctl, key)
+	}
+	return nil
 }
 
 // pipes connects a process's stdio to the host's streams. Each side the

@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/husk-runtime/husk/internal/channel"
 )
 
 func TestMergeResourcesKeepsUnsetFields(t *testing.T) {
@@ -31,5 +34,27 @@ func TestParseCmdline(t *testing.T) {
 	}
 	if _, err := ParseCmdline("husk.msize=tiny"); err == nil {
 		t.Fatal("bad msize accepted")
+	}
+}
+
+// Network sysctls are applied by the agent only for a container that joins
+// the guest's network namespace; a name that is not a sysctl's is refused
+// before anything is written.
+func TestApplyGuestNetworkSysctls(t *testing.T) {
+	own := &specs.Spec{Linux: &specs.Linux{
+		Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}},
+		Sysctl:     map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
+	}}
+	if err := applyGuestNetworkSysctls(own); err != nil || len(own.Linux.Sysctl) != 1 {
+		t.Errorf("a container with a network namespace of its own: %v, sysctls %v; want them left to libcontainer", err, own.Linux.Sysctl)
+	}
+	for _, key := range []string{"net.ipv4/../../kernel.x", "net..x", "net.a/b"} {
+		joins := &specs.Spec{Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: channel.GuestNetNS}},
+			Sysctl:     map[string]string{key: "1"},
+		}}
+		if err := applyGuestNetworkSysctls(joins); err == nil || !strings.Contains(err.Error(), "not a sysctl name") {
+			t.Errorf("sysctl %q: %v, want refused", key, err)
+		}
 	}
 }

@@ -36,6 +36,10 @@ const (
 	GuestSharedDir = "/run/husk/shared"
 )
 
+// GuestNetNS is the network namespace a container joins when it shares its
+// sandbox's network: the guest's own, where the sandbox's interfaces are.
+const GuestNetNS = "/proc/1/ns/net"
+
 // maxHeaderSize bounds a StreamHeader so that a corrupt length cannot make
 // either side allocate without limit.
 const maxHeaderSize = 4096

@@ -86,19 +86,8 @@ func startDaemon(g *globals, id string, bootTimeout time.Duration) (*daemonHandl
 	}
 	defer readR.Close()
 
-	args := []string{"--mount", "--propagation", "slave", "--", self, "--root", g.root}
-	if g.configPath != "" {
-		args = append(args, "--config", g.configPath)
-	}
-	if g.debug {
-		args = append(args, "--debug")
-	}
-	args = append(args, daemonCommand, id)
-	cmd := exec.Command("unshare", args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd := daemonProcess(g, self, logFile, daemonCommand, id)
 	cmd.ExtraFiles = []*os.File{readyW}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
 		return nil, fmt.Errorf("starting the sandbox daemon: %w", err)
@@ -141,6 +130,25 @@ func startDaemon(g *globals, id string, bootTimeout time.Duration) (*daemonHandl
 		h.kill()
 		return nil, fmt.Errorf("the sandbox daemon did not report within %s", bootTimeout+15*time.Second)
 	}
+}
+
+// daemonProcess is the command that starts one of husk's daemons (the hidden
+// command with its argument) in a session of its own and a mount namespace
+// of its own, slave to the host's so later host mounts still reach it,
+// with this command's global flags and its output in log.
+func daemonProcess(g *globals, self string, log *os.File, command, arg string) *exec.Cmd {
+	args := []string{"--mount", "--propagation", "slave", "--", self, "--root", g.root}
+	if g.configPath != "" {
+		args = append(args, "--config", g.configPath)
+	}
+	if g.debug {
+		args = append(args, "--debug")
+	}
+	cmd := exec.Command("unshare", append(args, command, arg)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
 }
 
 func (h *daemonHandle) kill() {

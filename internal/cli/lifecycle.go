@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/oci"
 	"github.com/husk-runtime/husk/internal/state"
 )
 
@@ -54,8 +55,11 @@ func startContainer(g *globals, id string) error {
 	default:
 		return fmt.Errorf("cannot start a container in the %s state", st.Status)
 	}
-	_, err = call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout)
-	return err
+	if _, err = call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout); err != nil {
+		return err
+	}
+	runHooksWarning(st, oci.Poststart, specs.StateRunning)
+	return nil
 }
 
 // parseSignal takes what runc kill takes: a number, or a name with or

@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -22,7 +20,6 @@ import (
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/network"
-	"github.com/husk-runtime/husk/internal/oci"
 	"github.com/husk-runtime/husk/internal/pool"
 	"github.com/husk-runtime/husk/internal/sandbox"
 	"github.com/husk-runtime/husk/internal/state"
@@ -73,17 +70,16 @@ func poolFingerprint(cfg *config.Config) string {
 }
 
 // poolMisfit says why a pooled sandbox cannot serve the bundle's container,
-// or "" if it can. A pooled VM was booted at the configured size with no
+// whose host-side network namespace is netns, or "" if it can. A pooled VM was booted at the configured size with no
 // network device, and a microvm takes neither more memory, CPUs nor devices
 // later.
-func poolMisfit(cfg *config.Config, spec *specs.Spec) string {
+func poolMisfit(cfg *config.Config, spec *specs.Spec, netns string) string {
 	if spec.Linux != nil {
 		cpus, memoryMiB := sandbox.VMSize(cfg, spec.Linux.Resources)
 		if cpus != cfg.Hypervisor.VCPUs || memoryMiB != cfg.Hypervisor.MemoryMiB {
 			return "its limits need a larger VM"
 		}
 	}
-	netns := oci.NetworkNamespacePath(spec)
 	if netns == "" || cfg.Network.Mode == config.NetworkNone {
 		return ""
 	}
@@ -107,7 +103,7 @@ func claimPooled(g *globals, cfg *config.Config, spec *specs.Spec, st *state.Sta
 	if cfg.Pool.Size == 0 {
 		return false, nil
 	}
-	if reason := poolMisfit(cfg, spec); reason != "" {
+	if reason := poolMisfit(cfg, spec, hostNetNS(st, spec)); reason != "" {
 		logrus.Debugf("warm pool not used for %s: %s", st.ID, reason)
 		return false, nil
 	}
@@ -255,18 +251,7 @@ func spawnPoolDaemon(g *globals, p pool.Pool) error {
 		return fmt.Errorf("creating the pooled daemon's log: %w", err)
 	}
 	defer logFile.Close()
-	args := []string{"--mount", "--propagation", "slave", "--", self, "--root", g.root}
-	if g.configPath != "" {
-		args = append(args, "--config", g.configPath)
-	}
-	if g.debug {
-		args = append(args, "--debug")
-	}
-	args = append(args, poolDaemonCommand, slot.Name)
-	cmd := exec.Command("unshare", args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd := daemonProcess(g, self, logFile, poolDaemonCommand, slot.Name)
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(slot.Dir)
 		return fmt.Errorf("starting a pooled sandbox: %w", err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/console"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -160,15 +161,26 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 		ID: id, Bundle: bundle.Dir, Rootfs: bundle.Rootfs, Created: time.Now().UTC(),
 		Owner: ownerName(), Annotations: bundle.Spec.Annotations, Status: state.Creating, StandIn: standIn,
 	}
+	store := g.store()
+	// The hooks run before the sandbox is chosen: they may fill the
+	// container's network namespace, which decides whether a pooled
+	// sandbox can serve it. An id known to be taken fails first.
+	if _, err := os.Stat(store.Dir(id)); err == nil {
+		return nil, fmt.Errorf("container with id %s already exists", id)
+	}
+	if err := runCreateHooks(st, bundle.Spec); err != nil {
+		return nil, err
+	}
 	pooled, err := claimPooled(g, cfg, bundle.Spec, st)
 	if err != nil {
+		killProcess(st.NetNSHolder)
 		return nil, err
 	}
 	if pooled {
 		return &prepared{bundle: bundle, cfg: cfg}, nil
 	}
-	store := g.store()
 	if err := store.Create(st); err != nil {
+		killProcess(st.NetNSHolder)
 		if errors.Is(err, state.ErrExist) {
 			return nil, fmt.Errorf("container with id %s already exists", id)
 		}
@@ -176,6 +188,7 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 	}
 	daemon, err := startDaemon(g, id, cfg.Agent.BootTimeout.Duration)
 	if err != nil {
+		killProcess(st.NetNSHolder)
 		_ = store.Remove(id)
 		return nil, err
 	}
@@ -268,6 +281,11 @@ func runContainer(g *globals, id string, f *createFlags) (retErr error) {
 	if _, err := call(g, id, &control.Request{Op: control.OpStart}, nil, callTimeout); err != nil {
 		return err
 	}
+	st, err := g.store().Load(id)
+	if err != nil {
+		return err
+	}
+	runHooksWarning(st, oci.Poststart, specs.StateRunning)
 	reply, err := call(g, id, &control.Request{Op: control.OpWait, StandIn: true}, nil, 0)
 	if err != nil {
 		return err
@@ -275,6 +293,7 @@ func runContainer(g *globals, id string, f *createFlags) (retErr error) {
 	if err := deleteSandbox(g, id, true); err != nil {
 		return err
 	}
+	runHooksWarning(st, oci.Poststop, specs.StateStopped)
 	return &ExitError{Status: reply.ExitStatus}
 }
 
@@ -363,6 +382,7 @@ func forceDelete(g *globals, id string) {
 		_ = unix.Kill(st.QEMU.PID, unix.SIGKILL)
 		waitGone(st.QEMU, 5*time.Second)
 	}
+	killProcess(st.NetNSHolder)
 	_ = store.Remove(id)
 }
 

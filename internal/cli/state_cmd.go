@@ -133,20 +133,18 @@ func newDeleteCommand(g *globals) *cobra.Command {
 				}
 				return err
 			}
-			if !st.Daemon.Alive() {
-				// The daemon is gone (crashed or killed): nothing can answer,
-				// so remove what is left directly.
-				forceDelete(g, id)
-				return nil
-			}
-			if st.Status != state.Stopped && st.Status != state.Created && !force {
+			if st.Daemon.Alive() && st.Status != state.Stopped && st.Status != state.Created && !force {
 				return fmt.Errorf("cannot delete container %s that is not stopped: %s", id, st.Status)
 			}
-			if force {
+			// Without a daemon (crashed or killed) nothing can answer, so
+			// what is left is removed directly, as with --force.
+			if !st.Daemon.Alive() || force {
 				forceDelete(g, id)
-				return nil
+			} else if err := deleteSandbox(g, id, st.Status == state.Created); err != nil {
+				return err
 			}
-			return deleteSandbox(g, id, st.Status == state.Created)
+			runHooksWarning(st, oci.Poststop, specs.StateStopped)
+			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "forcibly delete the container if it is still running (uses SIGKILL)")

@@ -145,6 +145,9 @@ func Validate(spec *specs.Spec) error {
 			return fmt.Errorf("linux.devices[%d] (%s): a host device cannot be passed into the VM; the guest has only %s", i, d.Path, guestDeviceList)
 		}
 	}
+	if err := validateHooks(spec.Hooks); err != nil {
+		return err
+	}
 	for _, ns := range spec.Linux.Namespaces {
 		// Joining another container's namespace means joining its VM,
 		// which husk cannot do yet; a new namespace instead would quietly
@@ -153,6 +156,35 @@ func Validate(spec *specs.Spec) error {
 		// and the guest gives the container a network namespace of its own.
 		if ns.Path != "" && ns.Type != specs.NetworkNamespace {
 			return fmt.Errorf("linux.namespaces: joining the %s namespace at %s is not supported", ns.Type, ns.Path)
+		}
+	}
+	return nil
+}
+
+// validateHooks refuses the hooks husk cannot run as the OCI spec says:
+// createContainer and startContainer hooks run in the container's
+// namespaces, which are inside the VM, away from the host's programs.
+func validateHooks(h *specs.Hooks) error {
+	if h == nil {
+		return nil
+	}
+	if len(h.CreateContainer) > 0 {
+		return errors.New("hooks.createContainer: not supported: these hooks run in the container's namespaces, which are inside husk's VM, where the host's programs are not")
+	}
+	if len(h.StartContainer) > 0 {
+		return errors.New("hooks.startContainer: not supported: these hooks run in the container's namespaces, which are inside husk's VM, where the host's programs are not")
+	}
+	for _, list := range []struct {
+		name  string
+		hooks []specs.Hook
+	}{{"prestart", Hooks(&specs.Spec{Hooks: h}, Prestart)}, {"createRuntime", h.CreateRuntime}, {"poststart", h.Poststart}, {"poststop", h.Poststop}} {
+		for i, hook := range list.hooks {
+			if !filepath.IsAbs(hook.Path) {
+				return fmt.Errorf("hooks.%s[%d].path %q must be an absolute path", list.name, i, hook.Path)
+			}
+			if hook.Timeout != nil && *hook.Timeout <= 0 {
+				return fmt.Errorf("hooks.%s[%d].timeout %d must be positive", list.name, i, *hook.Timeout)
+			}
 		}
 	}
 	return nil

@@ -93,19 +93,7 @@ func WriteInfo(dir string, info Info) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+infoFile+"-*")
-	if err != nil {
-		return fmt.Errorf("writing the pool slot's description: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing the pool slot's description: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing the pool slot's description: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, infoFile)); err != nil {
+	if err := state.WriteFileAtomic(filepath.Join(dir, infoFile), data); err != nil {
 		return fmt.Errorf("writing the pool slot's description: %w", err)
 	}
 	return nil

@@ -10,7 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
@@ -68,6 +71,19 @@ func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteC
 	return nil
 }
 
+// asksNewNetNS says whether the spec asks for a new network namespace.
+func asksNewNetNS(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return ns.Path == ""
+		}
+	}
+	return false
+}
+
 // bootOptions says what sandbox to boot for the container: the VM gets its
 // network devices and its size at boot, from the bundle that create named.
 func (d *Daemon) bootOptions(cfg *config.Config) Options {
@@ -77,6 +93,13 @@ func (d *Daemon) bootOptions(cfg *config.Config) Options {
 			opts.NetNS = oci.NetworkNamespacePath(spec)
 			if spec.Linux != nil {
 				opts.Resources = spec.Linux.Resources
+			}
+			// A spec that asks for a new network namespace and has create
+			// hooks got one on the host, held by the hooks' process, which
+			// the hooks may have filled (Docker's networking does).
+			if opts.NetNS == "" && st.NetNSHolder.Alive() && asksNewNetNS(spec) {
+				opts.NetNS = fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
+				opts.NetNSForNew = true
 			}
 		}
 	}
@@ -429,6 +452,13 @@ func (d *Daemon) cleanup() {
 	if d.sb != nil {
 		d.sb.Relocate(id, dir)
 		d.sb.Stop()
+	}
+	// The holder of the container's network namespace lives as long as
+	// the sandbox.
+	if id != "" {
+		if st, err := d.store.Load(id); err == nil && st.NetNSHolder.Alive() {
+			_ = syscall.Kill(st.NetNSHolder.PID, syscall.SIGKILL)
+		}
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		d.log.Error("removing state", "err", err)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/network"
@@ -48,8 +49,9 @@ type Sandbox struct {
 
 	// netns is the host network namespace the sandbox was joined to;
 	// network holds what joining it made (nil: loopback only).
-	netns   string
-	network *network.Attachment
+	netns       string
+	netnsForNew bool
+	network     *network.Attachment
 
 	// onExit, when set, is called once per process as it exits, before
 	// anyone waiting on the process is released.
@@ -119,6 +121,10 @@ type Options struct {
 	// NetNS is the network namespace the sandbox's containers were given
 	// (a path); its interfaces are joined to the VM as Config.Network says.
 	NetNS string
+	// NetNSForNew says that NetNS was made on the host for a container
+	// whose spec asks for a new network namespace: such a container gets
+	// the guest's, where NetNS's interfaces are.
+	NetNSForNew bool
 	// Resources are the first container's: the VM is sized to them.
 	Resources *specs.LinuxResources
 }
@@ -131,7 +137,7 @@ func Boot(opts Options) (*Sandbox, error) {
 		return nil, fmt.Errorf("entering the state directory: %w", err)
 	}
 	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
-		containers: map[string]*containerRecord{}, netns: opts.NetNS}
+		containers: map[string]*containerRecord{}, netns: opts.NetNS, netnsForNew: opts.NetNSForNew}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
 	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
 	if opts.NetNS != "" && opts.Config.Network.Mode == config.NetworkTC {
@@ -341,8 +347,9 @@ func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[sp
 	}
 	// The network namespace the sandbox joined is, in the guest, the
 	// guest's own: its interfaces are there.
-	if s.network != nil && oci.NetworkNamespacePath(bundle.Spec) == s.netns {
-		guestNamespaces[specs.NetworkNamespace] = "/proc/1/ns/net"
+	netns := oci.NetworkNamespacePath(bundle.Spec)
+	if s.network != nil && (netns == s.netns || netns == "" && s.netnsForNew) {
+		guestNamespaces[specs.NetworkNamespace] = channel.GuestNetNS
 	}
 	c := &containerRecord{id: id, init: newProcRecord(stdio), execs: map[string]*procRecord{}}
 	s.mu.Lock()

@@ -62,6 +62,9 @@ type State struct {
 	StandIn Process `json:"stand_in"`
 	Daemon  Process `json:"daemon"`
 	QEMU    Process `json:"qemu"`
+	// NetNSHolder holds the container's host-side network namespace for
+	// its OCI hooks and its sandbox (see the command line's hooks).
+	NetNSHolder Process `json:"netns_holder,omitempty"`
 	// GuestPID is the container's init process inside the guest.
 	GuestPID   int  `json:"guest_pid,omitempty"`
 	ExitStatus *int `json:"exit_status,omitempty"`
@@ -94,28 +97,35 @@ func (s Store) Create(st *State) error {
 	return nil
 }
 
-// Save writes state.json atomically: a temporary file renamed over it.
+// Save writes state.json atomically.
 func (s Store) Save(st *State) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.Dir(st.ID), ".state-*.json")
-	if err != nil {
+	if err := WriteFileAtomic(s.file(st.ID), data); err != nil {
 		return fmt.Errorf("writing state: %w", err)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes a file whole or not at all: a temporary file in
+// the same directory, renamed over it, so a reader never sees it half
+// written.
+func WriteFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("writing state: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp.Name(), s.file(st.ID)); err != nil {
-		return fmt.Errorf("writing state: %w", err)
-	}
-	return nil
+	return os.Rename(tmp.Name(), path)
 }
 
 // Update loads, changes and saves the state under the container's lock.

@@ -243,3 +243,29 @@ df -k /scratch /dev/shm | awk 'NR > 1 {print $2}'`
 		t.Fatalf("read-only file changed: %q", data)
 	}
 }
+
+// TestDockerBridgeNetwork: a container on a Docker bridge network gets
+// its network through Docker's own prestart hook (libnetwork-setkey), which
+// husk runs on the host before the VM boots: it has the address Docker gave
+// it and fetches a file from a runc container on the same bridge. The
+// bridge carries no IPv4 address (inhibit_ipv4), so every address of the
+// test lives in the containers' namespaces.
+func TestDockerBridgeNetwork(t *testing.T) {
+	d := newDockerEnv(t)
+	const network, subnet, serverIP = "husk-e2e-bridge", "10.231.9.0/24", "10.231.9.10"
+	d.run("", "rm", "-f", "husk-e2e-srv")
+	d.run("", "network", "rm", network)
+	d.mustRun("network", "create", "-d", "bridge", "--subnet", subnet,
+		"-o", "com.docker.network.bridge.name=hke2ebr0", "-o", "com.docker.network.bridge.inhibit_ipv4=true", network)
+	t.Cleanup(func() {
+		d.run("", "rm", "-f", "husk-e2e-srv")
+		d.run("", "network", "rm", network)
+	})
+	d.mustRun("run", "-d", "--runtime", "runc", "--network", network, "--ip", serverIP, "--name", "husk-e2e-srv",
+		"busybox:local", "httpd", "-f", "-p", "8080", "-h", "/etc")
+	r := d.run("", "run", "--rm", "--runtime", "husk", "--network", network, "--ip", "10.231.9.20", "busybox:local",
+		"sh", "-c", "ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; for i in 1 2 3 4 5; do wget -q -O - http://"+serverIP+":8080/hostname && exit 0; sleep 1; done; exit 1")
+	if r.status != 0 || !strings.HasPrefix(r.stdout, "inet 10.231.9.20/24\n") || strings.Count(r.stdout, "\n") != 2 {
+		t.Fatalf("docker run on a bridge network: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+}
