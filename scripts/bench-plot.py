@@ -17,7 +17,7 @@ def medians(path):
 
 def main(out, svg_path):
     bars = []
-    for name in ("run-true", "docker-run-true", "ctr-run-true", "exec-true"):
+    for name in ("run-true", "run-true-pool", "run-true-pool-b2b", "docker-run-true", "ctr-run-true", "exec-true"):
         bars += sorted(medians(os.path.join(out, name + ".json")).items())
     try:
         starts = [float(x) for x in open(os.path.join(out, "density-starts.txt"))]

@@ -196,9 +196,14 @@ func controlSocketIn(dirPath string) (path string, closeDir func(), err error) {
 	return fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), control.SocketName), func() { dir.Close() }, nil
 }
 
-// call sends one request to the container's daemon.
+// call sends one request to the container's daemon: its own, or that of
+// the sandbox it joined.
 func call(g *globals, id string, req *control.Request, files []*os.File, timeout time.Duration) (*control.Reply, error) {
-	sock, closeDir, err := controlSocket(g, id)
+	daemonOf := id
+	if st, err := g.store().Load(id); err == nil && st.Sandbox != "" {
+		daemonOf = st.Sandbox
+	}
+	sock, closeDir, err := controlSocket(g, daemonOf)
 	if err != nil {
 		return nil, err
 	}

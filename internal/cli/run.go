@@ -162,6 +162,9 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 		Owner: ownerName(), Annotations: bundle.Spec.Annotations, Status: state.Creating, StandIn: standIn,
 	}
 	store := g.store()
+	if owner := sandboxToJoin(g, bundle.Spec); owner != nil {
+		return joinSandbox(g, st, owner, bundle, cfg)
+	}
 	// The hooks run before the sandbox is chosen: they may fill the
 	// container's network namespace, which decides whether a pooled
 	// sandbox can serve it. An id known to be taken fails first.
@@ -352,6 +355,9 @@ func deleteSandbox(g *globals, id string, force bool) error {
 	if _, err := call(g, id, &control.Request{Op: control.OpShutdown, Force: force}, nil, callTimeout); err != nil {
 		return err
 	}
+	if st.Sandbox != "" {
+		return nil // the sandbox's daemon removed it and goes on
+	}
 	if !waitGone(st.Daemon, daemonExitTimeout) {
 		forceDelete(g, id)
 	}
@@ -360,10 +366,18 @@ func deleteSandbox(g *globals, id string, force bool) error {
 
 // forceDelete removes a container by any means: the daemon is asked, then
 // killed (QEMU dies with it), then QEMU is killed, then the state removed.
+// A container that joined another's sandbox is only taken out of it.
 func forceDelete(g *globals, id string) {
 	store := g.store()
 	st, err := store.Load(id)
 	if err != nil {
+		_ = store.Remove(id)
+		return
+	}
+	if st.Sandbox != "" {
+		if st.Daemon.Alive() {
+			_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
+		}
 		_ = store.Remove(id)
 		return
 	}

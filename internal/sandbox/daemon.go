@@ -228,11 +228,7 @@ func sameDirectory(a, b string) error {
 }
 
 // pooled says whether the daemon still waits in the pool.
-func (d *Daemon) pooled() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.id == ""
-}
+func (d *Daemon) pooled() bool { return d.owner() == "" }
 
 // saveExit records a container's end. It runs before any waiter is
 // released: a stand-in exits as its wait returns, and its caller's next step
@@ -377,7 +373,12 @@ func (d *Daemon) withStdio(req *control.Request, files []*os.File, gone <-chan s
 	if err != nil {
 		return nil, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
 	}
-	pid, err := d.sb.Create(req.Container, bundle, stdio, nil)
+	// A container other than the sandbox's own joined its network.
+	var join map[specs.LinuxNamespaceType]string
+	if owner := d.owner(); req.Container != owner {
+		join = map[specs.LinuxNamespaceType]string{specs.NetworkNamespace: owner}
+	}
+	pid, err := d.sb.Create(req.Container, bundle, stdio, join)
 	if err != nil {
 		return nil, err
 	}
@@ -417,12 +418,32 @@ func (d *Daemon) wait(req *control.Request, gone <-chan struct{}) (*control.Repl
 // the state directory and lets RunDaemon return. Without force it refuses
 // while a container still runs.
 func (d *Daemon) shutdown(req *control.Request) (*control.Reply, error) {
-	if running := d.sb.Running(); !req.Force && len(running) > 0 {
-		return nil, &control.Error{Code: control.CodeNotRunning,
-			Message: fmt.Sprintf("cannot delete container %s that is not stopped", running[0])}
+	owner := d.owner()
+	if req.Container != owner {
+		// A container that joined this sandbox leaves it; the sandbox
+		// goes on.
+		if err := d.sb.Remove(req.Container, req.Force); err != nil {
+			return nil, err
+		}
+		return &control.Reply{}, d.store.Remove(req.Container)
+	}
+	// The sandbox ends with the container that made it: containers that
+	// joined it are stopped with it.
+	for _, id := range d.sb.Running() {
+		if id == owner && !req.Force {
+			return nil, &control.Error{Code: control.CodeNotRunning,
+				Message: fmt.Sprintf("cannot delete container %s that is not stopped", id)}
+		}
 	}
 	go d.stop()
 	return &control.Reply{}, nil
+}
+
+// owner is the container whose sandbox this is ("" while pooled).
+func (d *Daemon) owner() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.id
 }
 
 func (d *Daemon) stop() {

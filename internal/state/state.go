@@ -62,6 +62,9 @@ type State struct {
 	StandIn Process `json:"stand_in"`
 	Daemon  Process `json:"daemon"`
 	QEMU    Process `json:"qemu"`
+	// Sandbox is the container whose sandbox (daemon and VM) this one runs
+	// in, having joined its network; "" for a container with its own.
+	Sandbox string `json:"sandbox,omitempty"`
 	// NetNSHolder holds the container's host-side network namespace for
 	// its OCI hooks and its sandbox (see the command line's hooks).
 	NetNSHolder Process `json:"netns_holder,omitempty"`

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -267,5 +268,45 @@ func TestDockerBridgeNetwork(t *testing.T) {
 		"sh", "-c", "ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; for i in 1 2 3 4 5; do wget -q -O - http://"+serverIP+":8080/hostname && exit 0; sleep 1; done; exit 1")
 	if r.status != 0 || !strings.HasPrefix(r.stdout, "inet 10.231.9.20/24\n") || strings.Count(r.stdout, "\n") != 2 {
 		t.Fatalf("docker run on a bridge network: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+}
+
+// TestDockerNetworkContainerMode: `--network container:OWNER` joins the
+// owner's sandbox: the second container runs in the owner's VM (no QEMU of
+// its own), reaches the owner's server on 127.0.0.1, and leaves the owner
+// running when it is removed.
+func TestDockerNetworkContainerMode(t *testing.T) {
+	d := newDockerEnv(t)
+	const owner, guest = "husk-e2e-owner", "husk-e2e-joiner"
+	d.run("", "rm", "-f", guest, owner)
+	t.Cleanup(func() { d.run("", "rm", "-f", guest, owner) })
+	ownerID := d.mustRun("run", "-d", "--runtime", "husk", "--network", "none", "--name", owner,
+		"busybox:local", "httpd", "-f", "-p", "8080", "-h", "/etc")
+	guestID := d.mustRun("run", "-d", "--runtime", "husk", "--network", "container:"+owner, "--name", guest,
+		"busybox:local", "sleep", "600")
+	qemus := func(id string) int {
+		out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system.*sandbox-"+id).Output()
+		n := 0
+		fmt.Sscan(string(out), &n)
+		return n
+	}
+	if n, m := qemus(ownerID), qemus(guestID); n != 1 || m != 0 {
+		t.Errorf("QEMU processes: %d for the owner, %d for the joined container; want 1 and 0", n, m)
+	}
+	hostname := d.mustRun("inspect", "-f", "{{.Config.Hostname}}", owner)
+	var out string
+	for i := 0; i < 10; i++ { // httpd may still be starting
+		if r := d.run("", "exec", guest, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/hostname"); r.status == 0 {
+			out = strings.TrimSpace(r.stdout)
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if out != hostname {
+		t.Errorf("the joined container fetched %q from 127.0.0.1, want the owner's hostname %q", out, hostname)
+	}
+	d.mustRun("rm", "-f", guest)
+	if r := d.run("", "exec", owner, "true"); r.status != 0 {
+		t.Errorf("the owner after its joined container was removed: status %d, stderr %q", r.status, r.stderr)
 	}
 }

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// TestJoinAnotherContainersNetwork: a spec whose network namespace is
+// /proc/PID/ns/net of a running container's process (what Docker and
+// Podman give for --network container:NAME) runs in that container's VM
+// and network: it reaches the first container's server on 127.0.0.1, and
+// no second QEMU starts. Deleting the joined container leaves the first
+// running; deleting the first stops the joined one, which is then deleted
+// without touching anything else.
+func TestJoinAnotherContainersNetwork(t *testing.T) {
+	e := newEnv(t)
+	owner := e.id()
+	ownerPID := e.createWith(owner, nil, "sh", "-c", "mkdir -p /dev/shm/www && echo served-by-the-owner > /dev/shm/www/x && echo started && exec httpd -f -p 8081 -h /dev/shm/www")
+	e.start(owner)
+	qemus := func() int {
+		out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system.*"+e.root).Output()
+		n := 0
+		fmt.Sscan(string(out), &n)
+		return n
+	}
+	before := qemus()
+
+	joinOwner := func(s *specs.Spec) {
+		for i, ns := range s.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace {
+				s.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/net", ownerPID)
+			}
+		}
+	}
+	joined := e.id()
+	e.createWith(joined, joinOwner, "sh", "-c", "echo started; sleep 600")
+	e.start(joined)
+	if after := qemus(); after != before {
+		t.Errorf("%d QEMU processes after the join, %d before", after, before)
+	}
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if r := e.run("", "exec", joined, "wget", "-q", "-O", "-", "http://127.0.0.1:8081/x"); r.status == 0 {
+			out = r.stdout
+			break
+		}
+	}
+	if out != "served-by-the-owner\n" {
+		t.Errorf("the joined container fetched %q from the owner's server on 127.0.0.1", out)
+	}
+
+	// A run that joins, removed when done; the owner goes on.
+	r := e.run("", "run", "--bundle", e.bundle(joinOwner, "wget", "-q", "-O", "-", "http://127.0.0.1:8081/x"), e.id())
+	if r.status != 0 || r.stdout != out {
+		t.Errorf("run joining the owner: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	if status, _ := e.state(owner); status != "running" {
+		t.Errorf("owner %s after a joined run ended", status)
+	}
+
+	// The owner's delete ends the sandbox: the joined container stops.
+	e.mustRun("kill", owner, "KILL")
+	waitFor(t, "the owner to stop", func() bool { status, _ := e.state(owner); return status == "stopped" })
+	e.mustRun("delete", owner)
+	waitFor(t, "the joined container to stop", func() bool { status, _ := e.state(joined); return status == "stopped" })
+	if r := e.run("", "delete", joined); r.status != 0 {
+		t.Errorf("delete of the joined container: status %d, stderr %q", r.status, r.stderr)
+	}
+	if r := e.run("", "state", joined); r.status == 0 || !strings.Contains(r.stderr, "does not exist") {
+		t.Errorf("state of the deleted joined container: status %d, stderr %q", r.status, r.stderr)
+	}
+}
