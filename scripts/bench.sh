@@ -237,8 +237,14 @@ ip -n "$netns_b" addr add 10.233.0.2/24 dev hkbench1; ip -n "$netns_b" link set 
 # A 64 MiB file served from B, for the container (in A) to download.
 mkdir -p "$io_work/www" && head -c 67108864 /dev/zero > "$io_work/www/big"
 ip netns exec "$netns_b" busybox httpd -f -p 8080 -h "$io_work/www" &
+# iperf3's server in B; its client, with the libraries it links, goes into
+# the container's busybox rootfs.
+ip netns exec "$netns_b" iperf3 -s -p 5201 >/dev/null 2>&1 &
 sleep 0.5
 "$top/scripts/make-bundle.sh" "$io_work/bundle" >/dev/null
+for f in /usr/bin/iperf3 $(ldd /usr/bin/iperf3 | awk '$2 == "=>" {print $3} $1 ~ /^\// {print $1}'); do
+  cp -L --parents "$f" "$io_work/bundle/rootfs"
+done
 mkdir -p "$io_work/volume"
 python3 - "$io_work/bundle/config.json" "$io_work/volume" "/var/run/netns/$netns_a" <<'PY'
 import json, sys
@@ -259,6 +265,8 @@ echo create_ms $(t sh -c 'i=0; while [ $i -lt 10000 ]; do : > /data/small/f$i; i
 echo stat_ms $(t sh -c 'ls -l /data/small >/dev/null')
 rm -rf /data/small
 echo tcp_ms $(t wget -q -O /dev/null http://10.233.0.2:8080/big)
+TMPDIR=/dev/shm iperf3 -c 10.233.0.2 -p 5201 -t 5 -f m | awk '/receiver/ {print "iperf_up_mbits", $(NF-2)}'
+TMPDIR=/dev/shm iperf3 -c 10.233.0.2 -p 5201 -t 5 -f m -R | awk '/receiver/ {print "iperf_down_mbits", $(NF-2)}'
 """]
 json.dump(spec, open(path, "w"))
 PY
@@ -273,13 +281,14 @@ import sys
 v = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    if len(f) == 3 and f[1].endswith("_ms"):
-        v[(f[0], f[1])] = int(f[2])
+    if len(f) == 3 and (f[1].endswith("_ms") or f[1].endswith("_mbits")):
+        v[(f[0], f[1])] = float(f[2])
 def rate(rt, key, mib):
     ms = v.get((rt, key))
-    return f"{mib * 1000 / ms:.0f} MiB/s ({ms} ms)" if ms else "n/a"
+    return f"{mib * 1000 / ms:.0f} MiB/s ({ms:.0f} ms)" if ms else "n/a"
 for rt in ("husk", "runc"):
     print(f"{rt}: volume write 256 MiB {rate(rt, 'write_ms', 256)}, re-read (cached) {rate(rt, 'reread_ms', 256)}; "
-          f"10000 file creates {v.get((rt, 'create_ms'))} ms, ls -l of them {v.get((rt, 'stat_ms'))} ms; "
-          f"TCP download of 64 MiB from the next namespace {rate(rt, 'tcp_ms', 64)}")
+          f"10000 file creates {v.get((rt, 'create_ms')):.0f} ms, ls -l of them {v.get((rt, 'stat_ms')):.0f} ms; "
+          f"TCP download of 64 MiB from the next namespace {rate(rt, 'tcp_ms', 64)}; "
+          f"iperf3 (5 s) container to the next namespace {v.get((rt, 'iperf_up_mbits'))} Mbit/s, back {v.get((rt, 'iperf_down_mbits'))} Mbit/s")
 PY

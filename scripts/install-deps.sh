@@ -9,7 +9,7 @@ packages=(
   util-linux                                                  # unshare, for the daemon's mount namespace
   docker.io containerd podman                                 # the real clients the tests drive
   containernetworking-plugins                                 # CNI plugins (/usr/lib/cni) for containerd's CRI
-  runc hyperfine                                              # make bench: the baseline and the timer
+  runc hyperfine iperf3                                       # make bench: the baseline, the timer, TCP throughput
   protobuf-compiler                                           # make protos
 )
 missing=()
