@@ -19,8 +19,6 @@ import (
 
 	// Device rules in the container's cgroup need the cgroup devices manager.
 	_ "github.com/opencontainers/cgroups/devices"
-
-	"github.com/husk-runtime/husk/internal/channel"
 )
 
 // process is one process the agent started: a container's init or an exec.
@@ -124,8 +122,10 @@ func applyGuestNetworkSysctls(spec *specs.Spec) error {
 	}
 	joinsGuest := false
 	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace && ns.Path == channel.GuestNetNS {
-			joinsGuest = true
+		if ns.Type == specs.NetworkNamespace && ns.Path != "" {
+			// By identity, not by name: a container that joins another
+			// one in the guest's namespace names it by that one's pid.
+			joinsGuest = sameNamespace(ns.Path, "/proc/self/ns/net")
 		}
 	}
 	if !joinsGuest {
@@ -145,6 +145,15 @@ func applyGuestNetworkSysctls(spec *specs.Spec) error {
 		delete(spec.Linux.Sysctl, key)
 	}
 	return nil
+}
+
+// sameNamespace says whether two namespace files name one namespace.
+func sameNamespace(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // pipes connects a process's stdio to the host's streams. Each side the

@@ -5,8 +5,6 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	"github.com/husk-runtime/husk/internal/channel"
 )
 
 func TestMergeResourcesKeepsUnsetFields(t *testing.T) {
@@ -50,7 +48,8 @@ func TestApplyGuestNetworkSysctls(t *testing.T) {
 	}
 	for _, key := range []string{"net.ipv4/../../kernel.x", "net..x", "net.a/b"} {
 		joins := &specs.Spec{Linux: &specs.Linux{
-			Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: channel.GuestNetNS}},
+			// The agent's own namespace (in the guest, channel.GuestNetNS).
+			Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/proc/self/ns/net"}},
 			Sysctl:     map[string]string{key: "1"},
 		}}
 		if err := applyGuestNetworkSysctls(joins); err == nil || !strings.Contains(err.Error(), "not a sysctl name") {

@@ -2,9 +2,7 @@ package cli
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -37,13 +35,34 @@ import (
 func startNetNSHolder(spec *specs.Spec) (state.Process, error) {
 	sleep := []string{"sleep", "infinity"}
 	var cmd *exec.Cmd
+	// inPlace says whether the holder has entered its namespace: unshare
+	// and nsenter exec sleep in the same process once it is in place, and
+	// until then /proc/PID/ns/net is this process's.
+	var inPlace func(pid int) bool
 	switch path, ok := specNetworkNamespace(spec); {
 	case ok && path == "":
 		cmd = exec.Command("unshare", append([]string{"--net", "--"}, sleep...)...)
+		own, err := namespaceOf("/proc/self/ns/net")
+		if err != nil {
+			return state.Process{}, err
+		}
+		inPlace = func(pid int) bool {
+			ns, err := namespaceOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+			return err == nil && ns != own
+		}
 	case ok:
 		cmd = exec.Command("nsenter", append([]string{"--net=" + path, "--"}, sleep...)...)
+		target, err := namespaceOf(path)
+		if err != nil {
+			return state.Process{}, fmt.Errorf("the spec's network namespace %s: %w", path, err)
+		}
+		inPlace = func(pid int) bool {
+			ns, err := namespaceOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+			return err == nil && ns == target
+		}
 	default:
 		cmd = exec.Command(sleep[0], sleep[1:]...)
+		inPlace = func(int) bool { return true }
 	}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -52,19 +71,26 @@ func startNetNSHolder(spec *specs.Spec) (state.Process, error) {
 	}
 	go func() { _ = cmd.Wait() }()
 	holder := state.ProcessOf(cmd.Process.Pid)
-	// unshare and nsenter exec sleep in the same process once the
-	// namespace is in place; until then /proc/PID/ns/net is the host's.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", holder.PID))
-		if err == nil && filepath.Base(exe) == "sleep" {
-			return holder, nil
-		}
+	for deadline := time.Now().Add(5 * time.Second); !inPlace(holder.PID); time.Sleep(2 * time.Millisecond) {
 		if time.Now().After(deadline) || !holder.Alive() {
 			killProcess(holder)
 			return state.Process{}, fmt.Errorf("the network namespace holder for the hooks did not start (%v)", cmd.Args)
 		}
 	}
+	return holder, nil
 }
+
+// namespaceOf identifies the namespace a /proc/PID/ns file or a bind mount
+// of one names.
+func namespaceOf(path string) (nsID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{st.Dev, st.Ino}, nil
+}
+
+type nsID struct{ dev, ino uint64 }
 
 // specNetworkNamespace reports whether the spec has a network namespace
 // and the path it names ("" for a new one).
@@ -122,7 +148,11 @@ func runHooksWarning(st *state.State, point oci.HookPoint, status specs.Containe
 	if err != nil || len(oci.Hooks(spec, point)) == 0 {
 		return
 	}
-	if err := oci.RunHooks(spec, point, hookStateOf(st, status)); err != nil {
+	hookState := hookStateOf(st, status)
+	if status == specs.StateStopped {
+		hookState.Pid = 0 // gone, and its number may be another process's by now
+	}
+	if err := oci.RunHooks(spec, point, hookState); err != nil {
 		logrus.Warn(err)
 	}
 }

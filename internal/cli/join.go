@@ -14,9 +14,10 @@ import (
 )
 
 // A container whose spec names the network namespace of another container
-// of this state root by that container's process, /proc/PID/ns/net (what
+// of this state root, by that container's process, /proc/PID/ns/net (what
 // Docker's --network container:NAME and Podman's --network container:NAME
-// give), joins the other container's sandbox: it runs in the same VM, in
+// give), or by the namespace its sandbox was joined to, joins the other
+// container's sandbox: it runs in the same VM, in
 // the same network namespace in the guest, as it would share the namespace
 // under runc. The PID is the other container's stand-in, whose own network
 // namespace is the host's and says nothing.
@@ -28,41 +29,75 @@ import (
 
 var procNetNS = regexp.MustCompile(`^/proc/([0-9]+)/ns/net$`)
 
-// sandboxToJoin returns the running container of this root whose stand-in
-// the spec's network namespace path names, or nil.
+// sandboxToJoin returns the running container of this root whose sandbox
+// a container with this spec joins, or nil: the spec names that
+// container's stand-in by /proc/PID/ns/net, or names, by any path, the
+// host-side network namespace that container's sandbox is joined to (a
+// second container given the same CNI namespace, or the pid that its hooks
+// saw). A second sandbox joined to the same namespace would put a second
+// set of taps and redirects on its interfaces and break the first's
+// network. The host's own namespace is never joined this way: a container
+// that names it gets loopback only, in a VM of its own.
 func sandboxToJoin(g *globals, spec *specs.Spec) *state.State {
 	path, ok := specNetworkNamespace(spec)
-	if !ok {
-		return nil
-	}
-	m := procNetNS.FindStringSubmatch(path)
-	if m == nil {
-		return nil
-	}
-	pid, err := strconv.Atoi(m[1])
-	if err != nil {
+	if !ok || path == "" {
 		return nil
 	}
 	all, err := g.store().List()
 	if err != nil {
 		return nil
 	}
-	for _, st := range all {
-		if st.StandIn.PID != pid || !st.StandIn.Alive() || !st.Daemon.Alive() || st.Status == state.Stopped {
-			continue
+	ownerOf := func(st *state.State) *state.State {
+		if st.Sandbox == "" {
+			return st
 		}
-		if st.Sandbox != "" {
-			// It joined another itself: the sandbox is that one's.
-			for _, owner := range all {
-				if owner.ID == st.Sandbox {
-					return owner
+		for _, owner := range all {
+			if owner.ID == st.Sandbox {
+				return owner
+			}
+		}
+		return nil
+	}
+	live := func(st *state.State) bool { return st.Daemon.Alive() && st.Status != state.Stopped }
+	if m := procNetNS.FindStringSubmatch(path); m != nil {
+		if pid, err := strconv.Atoi(m[1]); err == nil {
+			for _, st := range all {
+				if st.StandIn.PID == pid && st.StandIn.Alive() && live(st) {
+					return ownerOf(st)
 				}
 			}
-			return nil
 		}
-		return st
+	}
+	want, err := namespaceOf(path)
+	if err != nil {
+		return nil
+	}
+	if host, err := namespaceOf("/proc/self/ns/net"); err != nil || want == host {
+		return nil
+	}
+	for _, st := range all {
+		if st.Sandbox != "" || !live(st) {
+			continue
+		}
+		if ns, err := namespaceOf(sandboxNetNS(st)); err == nil && ns == want {
+			return st
+		}
 	}
 	return nil
+}
+
+// sandboxNetNS is the host-side network namespace a sandbox was joined to
+// at boot: its hooks' holder's, or the one its spec names ("" for none).
+func sandboxNetNS(st *state.State) string {
+	if st.NetNSHolder.Alive() {
+		return fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
+	}
+	spec, err := oci.ReadSpec(st.Bundle)
+	if err != nil {
+		return ""
+	}
+	path, _ := specNetworkNamespace(spec)
+	return path
 }
 
 // joinSandbox records a container that joins owner's sandbox: no daemon is

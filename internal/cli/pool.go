@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -20,7 +22,9 @@ import (
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/network"
+	"github.com/husk-runtime/husk/internal/oci"
 	"github.com/husk-runtime/husk/internal/pool"
+	"github.com/husk-runtime/husk/internal/qemu"
 	"github.com/husk-runtime/husk/internal/sandbox"
 	"github.com/husk-runtime/husk/internal/state"
 	"github.com/husk-runtime/husk/internal/version"
@@ -51,17 +55,24 @@ func newPoolDaemonCommand(g *globals) *cobra.Command {
 }
 
 // poolFingerprint identifies what a pooled sandbox was booted with: the
-// effective configuration, this husk, and the QEMU, kernel and initrd files
-// as they are now. A sandbox booted before any of them changed is not
+// effective configuration, this husk (its version and its binary file), the
+// accelerator, and the QEMU, kernel and initrd files as they are now. A sandbox booted before any of them changed is not
 // handed out.
 func poolFingerprint(cfg *config.Config) string {
 	h := sha256.New()
 	c := *cfg
 	c.Source = ""
+	c.Pool = config.Pool{} // the pool's size says nothing of its sandboxes
 	data, _ := json.Marshal(&c)
 	h.Write(data)
 	fmt.Fprintf(h, "\x00%s", version.Version)
-	for _, path := range []string{cfg.Hypervisor.Path, cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd} {
+	// The accelerator auto would choose now: a pool booted under TCG while
+	// KVM was not available is not handed out once it is.
+	if accel, _, err := qemu.ChooseAccel(cfg.Hypervisor.Accel); err == nil {
+		fmt.Fprintf(h, "\x00%s", accel)
+	}
+	self, _ := os.Executable()
+	for _, path := range []string{self, cfg.Hypervisor.Path, cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd} {
 		if fi, err := os.Stat(path); err == nil {
 			fmt.Fprintf(h, "\x00%s %d %d", path, fi.Size(), fi.ModTime().UnixNano())
 		}
@@ -119,11 +130,16 @@ func claimPooled(g *globals, cfg *config.Config, spec *specs.Spec, st *state.Sta
 		logrus.Debugf("warm pool empty for %s", st.ID)
 		return false, nil
 	case err != nil:
-		return false, err
+		logrus.Warnf("warm pool not used for %s: %v", st.ID, err)
+		return false, nil
 	}
 	st.Version = state.Version
 	st.Daemon, st.QEMU = info.Daemon, info.QEMU
-	if err = store.Save(st); err == nil {
+	err = sourcesVisibleTo(info.Daemon.PID, spec, st.Rootfs)
+	if err == nil {
+		err = store.Save(st)
+	}
+	if err == nil {
 		_, err = call(g, st.ID, &control.Request{Op: control.OpAdopt}, nil, callTimeout)
 	}
 	if err != nil {
@@ -135,6 +151,29 @@ func claimPooled(g *globals, cfg *config.Config, spec *specs.Spec, st *state.Sta
 		return false, nil
 	}
 	return true, nil
+}
+
+// sourcesVisibleTo checks that the container's rootfs and bind-mount
+// sources, mounted on the host after the pooled daemon started, reached
+// its mount namespace: they do where the host's mounts propagate (shared,
+// as systemd makes /), not where they are private.
+func sourcesVisibleTo(pid int, spec *specs.Spec, rootfs string) error {
+	paths := []string{rootfs}
+	for _, m := range spec.Mounts {
+		if oci.IsBind(m) {
+			paths = append(paths, m.Source)
+		}
+	}
+	for _, path := range paths {
+		var host, daemon unix.Stat_t
+		if err := unix.Stat(path, &host); err != nil {
+			return nil // the create's own checks report it
+		}
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/root%s", pid, path), &daemon); err != nil || host.Dev != daemon.Dev || host.Ino != daemon.Ino {
+			return fmt.Errorf("%s, mounted after the pooled sandbox started, does not reach its mount namespace (the host's mounts do not propagate there)", path)
+		}
+	}
+	return nil
 }
 
 // endSandboxProcesses ends a sandbox's daemon (asking first, through the
@@ -185,7 +224,7 @@ func fillPool(g *globals, cfg *config.Config, wait bool) error {
 	}
 	var spawnErr error
 	for ; live < cfg.Pool.Size; live++ {
-		if spawnErr = spawnPoolDaemon(g, p); spawnErr != nil {
+		if spawnErr = spawnPoolDaemon(g, p, fingerprint); spawnErr != nil {
 			break
 		}
 	}
@@ -199,15 +238,38 @@ func fillPool(g *globals, cfg *config.Config, wait bool) error {
 	return waitPoolReady(p, fingerprint, cfg.Pool.Size, cfg.Agent.BootTimeout.Duration+15*time.Second)
 }
 
-// topUpPool refills the pool after a create. Its errors are only logged:
-// the create they follow has succeeded.
+// topUpPool refills the pool after a create, in a `husk pool fill` of its
+// own that it does not wait for: the create is done, and filling may wait
+// for the pool's lock (a drain) or end stale sandboxes first. With the pool
+// turned off, a pool left from before is drained the same way.
 func topUpPool(g *globals, cfg *config.Config) {
+	op := "fill"
 	if cfg.Pool.Size == 0 {
+		if _, err := os.Stat(pool.Of(g.root).Dir); err != nil {
+			return
+		}
+		op = "drain"
+	}
+	self, err := os.Executable()
+	if err != nil {
+		logrus.Warnf("refilling the warm pool: %v", err)
 		return
 	}
-	if err := fillPool(g, cfg, false); err != nil {
-		logrus.Warnf("refilling the warm pool: %v", err)
+	args := []string{"--root", g.root}
+	if g.configPath != "" {
+		args = append(args, "--config", g.configPath)
 	}
+	if g.debug {
+		args = append(args, "--debug")
+	}
+	cmd := exec.Command(self, append(args, "pool", op)...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		logrus.Warnf("refilling the warm pool: %v", err)
+		return
+	}
+	go func() { _ = cmd.Wait() }()
 }
 
 func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Duration) error {
@@ -227,7 +289,7 @@ func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Durat
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the warm pool has %d of %d sandboxes ready after %s (see the daemon.log and console.log of the slots in %s)", ready, size, timeout, p.Dir)
+			return fmt.Errorf("the warm pool has %d of %d sandboxes ready after %s (see the daemon.log and console.log of the slots in %s, and %s/pool-slot-*.console.log for guests that failed to boot)", ready, size, timeout, p.Dir, sandbox.KeptLogDir)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -236,7 +298,7 @@ func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Durat
 // spawnPoolDaemon starts a pooled daemon in a new slot and leaves it to
 // boot: in its own session and mount namespace, as startDaemon does, with
 // its output in the slot's daemon log.
-func spawnPoolDaemon(g *globals, p pool.Pool) error {
+func spawnPoolDaemon(g *globals, p pool.Pool, fingerprint string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding the husk binary: %w", err)
@@ -256,6 +318,12 @@ func spawnPoolDaemon(g *globals, p pool.Pool) error {
 		os.RemoveAll(slot.Dir)
 		return fmt.Errorf("starting a pooled sandbox: %w", err)
 	}
+	// Recorded at once (unshare execs the daemon in the same process), so
+	// that whoever ends the slot finds its daemon even before the daemon
+	// has written anything itself.
+	if err := pool.RecordSpawn(slot.Dir, pool.Info{Fingerprint: fingerprint, Daemon: state.ProcessOf(cmd.Process.Pid)}); err != nil {
+		logrus.Warnf("recording pooled daemon %d: %v", cmd.Process.Pid, err)
+	}
 	// Reaped if this process is still there when it ends; it is not waited
 	// for.
 	go func() { _ = cmd.Wait() }()
@@ -272,7 +340,13 @@ func endSlot(g *globals, p pool.Pool, slot *pool.Slot) {
 	if dir == "" {
 		return // a create took it
 	}
-	if info := slot.Info; info != nil {
+	// What the slot says now: its daemon may have become ready since the
+	// listing.
+	info := slot.Info
+	if now, err := pool.ReadInfo(dir); err == nil {
+		info = now
+	}
+	if info != nil {
 		if info.Daemon.Alive() && info.Ready {
 			// A ready daemon serves its socket: asked, it powers the
 			// guest off and removes what it made.

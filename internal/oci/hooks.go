@@ -93,6 +93,9 @@ func runHook(hook specs.Hook, input []byte) error {
 	cmd.Stdin = bytes.NewReader(input)
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
+	// A child the hook leaves behind holding its output must not hold the
+	// hook's caller past the timeout.
+	cmd.WaitDelay = time.Second
 	err := cmd.Run()
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return fmt.Errorf("timed out after %s", timeout)

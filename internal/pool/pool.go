@@ -99,6 +99,32 @@ func WriteInfo(dir string, info Info) error {
 	return nil
 }
 
+// RecordSpawn writes the description of a slot whose daemon has just been
+// started, unless the daemon has written its own already (a link, unlike a
+// rename, never replaces it).
+func RecordSpawn(dir string, info Info) error {
+	data, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".spawn-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), filepath.Join(dir, infoFile)); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
+}
+
 // RemoveInfo drops a claimed slot's description from what is now a
 // container's state directory.
 func RemoveInfo(dir string) error {
@@ -109,7 +135,8 @@ func RemoveInfo(dir string) error {
 	return err
 }
 
-func readInfo(dir string) (*Info, error) {
+// ReadInfo reads a slot's description.
+func ReadInfo(dir string) (*Info, error) {
 	data, err := os.ReadFile(filepath.Join(dir, infoFile))
 	if err != nil {
 		return nil, err
@@ -140,7 +167,7 @@ func (p Pool) Slots() ([]*Slot, error) {
 			continue // claimed meanwhile
 		}
 		slot := &Slot{Name: e.Name(), Dir: filepath.Join(p.Dir, e.Name()), Made: fi.ModTime(), Ending: ending}
-		slot.Info, _ = readInfo(slot.Dir)
+		slot.Info, _ = ReadInfo(slot.Dir)
 		slots = append(slots, slot)
 	}
 	sort.Slice(slots, func(i, j int) bool { return slots[i].Made.Before(slots[j].Made) })

@@ -162,3 +162,25 @@ func TestSlotsIgnoresOtherEntries(t *testing.T) {
 		t.Fatalf("slots: %+v, %v; want the one slot", slots, err)
 	}
 }
+
+func TestRecordSpawnNeverReplacesTheDaemonsOwn(t *testing.T) {
+	p := Of(t.TempDir())
+	slot := readySlot(t, p, "f")
+	if err := RecordSpawn(slot.Dir, Info{Fingerprint: "f", Daemon: state.Self()}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := ReadInfo(slot.Dir)
+	if err != nil || !info.Ready {
+		t.Errorf("after RecordSpawn on a ready slot: %+v, %v; want it still ready", info, err)
+	}
+	fresh, err := p.NewSlot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RecordSpawn(fresh.Dir, Info{Fingerprint: "f", Daemon: state.Self()}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := ReadInfo(fresh.Dir); err != nil || info.Daemon.PID != os.Getpid() || info.Ready {
+		t.Errorf("a new slot's recorded spawn: %+v, %v", info, err)
+	}
+}

@@ -175,6 +175,7 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 			d.stop()
 		}
 	}()
+	go d.endIfClaimedAndLeft()
 	info.QEMU, info.Ready = state.ProcessOf(d.sb.VMPID()), true
 	if err := pool.WriteInfo(".", info); err != nil {
 		d.log.Error("announcing the pooled sandbox", "err", err)
@@ -183,6 +184,45 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 	d.log.Info("pooled sandbox ready")
 	<-d.stopped
 	return nil
+}
+
+// unadoptedGrace is how long a pooled sandbox waits, once a create has
+// renamed its slot out of the pool, for that create's adopt request.
+const unadoptedGrace = 10 * time.Second
+
+// endIfClaimedAndLeft ends a pooled sandbox whose slot a create renamed out
+// of the pool (claimed) but never adopted: the create died between the two
+// steps, and nobody will ever use or end this sandbox otherwise. It also
+// removes the directory, which is now named as that container's.
+func (d *Daemon) endIfClaimedAndLeft() {
+	poolDir := pool.Of(d.store.Root).Dir
+	var leftAt time.Time
+	for {
+		select {
+		case <-d.stopped:
+			return
+		case <-time.After(time.Second):
+		}
+		if !d.pooled() {
+			return
+		}
+		wd, err := os.Getwd()
+		switch {
+		case err == nil && filepath.Dir(wd) == poolDir:
+			leftAt = time.Time{}
+		case leftAt.IsZero():
+			leftAt = time.Now()
+		case time.Since(leftAt) > unadoptedGrace:
+			d.mu.Lock()
+			if err == nil && d.id == "" {
+				d.dir = wd
+			}
+			d.mu.Unlock()
+			d.log.Error("claimed from the pool but never adopted; ending the sandbox", "dir", wd)
+			d.stop()
+			return
+		}
+	}
 }
 
 // adopt makes a pooled sandbox the container's. The caller has renamed the
@@ -199,7 +239,6 @@ func (d *Daemon) adopt(req *control.Request) (*control.Reply, error) {
 		return nil, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
 	}
 	d.id, d.dir = req.Container, dir
-	d.log = d.log.With("sandbox", d.id)
 	d.sb.Relocate(d.id, dir)
 	if err := pool.RemoveInfo(dir); err != nil {
 		d.log.Warn("removing the pool slot's description", "err", err)
@@ -207,7 +246,7 @@ func (d *Daemon) adopt(req *control.Request) (*control.Reply, error) {
 	if err := d.recordProcesses(); err != nil {
 		return nil, err
 	}
-	d.log.Info("pooled sandbox adopted")
+	d.log.Info("pooled sandbox adopted", "sandbox", d.id)
 	return &control.Reply{}, nil
 }
 
@@ -419,7 +458,7 @@ func (d *Daemon) wait(req *control.Request, gone <-chan struct{}) (*control.Repl
 // while a container still runs.
 func (d *Daemon) shutdown(req *control.Request) (*control.Reply, error) {
 	owner := d.owner()
-	if req.Container != owner {
+	if owner != "" && req.Container != owner {
 		// A container that joined this sandbox leaves it; the sandbox
 		// goes on.
 		if err := d.sb.Remove(req.Container, req.Force); err != nil {

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -74,4 +76,50 @@ func TestJoinAnotherContainersNetwork(t *testing.T) {
 	if r := e.run("", "state", joined); r.status == 0 || !strings.Contains(r.stderr, "does not exist") {
 		t.Errorf("state of the deleted joined container: status %d, stderr %q", r.status, r.stderr)
 	}
+}
+
+// TestSecondContainerInTheSameNamespaceJoins: a second container given the
+// network namespace a running sandbox was joined to (two containers handed
+// one CNI namespace) runs in that sandbox rather than putting a second set
+// of taps and redirects on the same interface: it reaches the next
+// namespace over the first one's interface, and no second QEMU starts.
+func TestSecondContainerInTheSameNamespaceJoins(t *testing.T) {
+	e := newEnv(t)
+	f := newNetFixture(t)
+	const port = 18094
+	if err := os.WriteFile(filepath.Join(f.serverRoot, "x"), []byte("across the shared interface\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.serveFromB(t, port)
+	owner := e.id()
+	e.createWith(owner, inNamespace(f.a), "sh", "-c", "echo started; sleep 600")
+	e.start(owner)
+	qemus := func() int {
+		out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system.*"+e.root).Output()
+		n := 0
+		fmt.Sscan(string(out), &n)
+		return n
+	}
+	before := qemus()
+	b := e.bundle(inNamespace(f.a), "wget", "-q", "-O", "-", fmt.Sprintf("http://%s:%d/x", f.addrB, port))
+	cmd := e.command("run", "--bundle", b, e.id())
+	done := make(chan result, 1)
+	go func() { done <- runCommand(t, cmd, "") }()
+	during := before
+	var r result
+	for running := true; running; {
+		select {
+		case r = <-done:
+			running = false
+		case <-time.After(100 * time.Millisecond):
+			during = max(during, qemus())
+		}
+	}
+	if r.status != 0 || r.stdout != "across the shared interface\n" {
+		t.Fatalf("second container in the namespace: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	if during != before {
+		t.Errorf("%d QEMU processes while the second container ran, %d before", during, before)
+	}
+	e.mustRun("delete", "--force", owner)
 }

@@ -30,11 +30,31 @@ func newPoolEnv(t *testing.T, size int) *env {
 	e := newEnv(t)
 	e.writeConfig(fmt.Sprintf("[pool]\nsize = %d\n", size))
 	t.Cleanup(func() {
+		waitForPoolFills(t, e.root)
 		if r := e.run("", "pool", "drain"); r.status != 0 {
 			t.Errorf("pool drain: status %d, stderr %q", r.status, r.stderr)
 		}
 	})
 	return e
+}
+
+// waitForPoolFills waits until no `husk pool fill` that a create started in
+// the background for the state root (under dir) is running, so that a drain
+// after it is the last word.
+func waitForPoolFills(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-f", dir+".* pool fill").Output()
+		if len(strings.TrimSpace(string(out))) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("a pool fill for %s still runs: pids %s", dir, out)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (e *env) poolStatus() []poolSlot {
@@ -97,6 +117,11 @@ func (e *env) createStartWait(id string, edit func(*specs.Spec), args ...string)
 		e.t.Fatalf("delete: status %d, stderr %q", r.status, r.stderr)
 	}
 	return qemu
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // gone waits up to 10 s for a process to end; a run or delete that took a
@@ -218,7 +243,26 @@ func TestWarmPoolFaultsAndChanges(t *testing.T) {
 		}
 	}
 
-	old := e.poolStatus()[0]
+	// A create killed between its claim (the slot renamed to the
+	// container's directory) and the adopt: the pooled sandbox notices,
+	// ends, and removes the directory, so the id is free again.
+	claimed := e.fillPool()[0]
+	orphan := filepath.Join(e.root, "state", e.id())
+	if err := os.Rename(filepath.Join(e.root, "state", "@pool", claimed.Slot), orphan); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for syscall.Kill(claimed.Daemon, 0) == nil || fileExists(orphan) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a claimed, never adopted pooled sandbox (daemon %d) is still there", claimed.Daemon)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !gone(claimed.QEMU) {
+		t.Errorf("QEMU %d of the orphaned claim still runs", claimed.QEMU)
+	}
+
+	old := e.fillPool()[0]
 	// (writeConfig's extra TOML follows the [hypervisor] table's lines.)
 	e.writeConfig("memory_mib = 320\n[pool]\nsize = 1\n")
 	if s := e.poolStatus(); len(s) != 1 || s[0].Current {
@@ -278,6 +322,7 @@ func TestDockerWarmPool(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if root := poolRoot(); root != "" {
+			waitForPoolFills(t, root)
 			if r := husk(root, "pool", "drain"); r.status != 0 {
 				t.Errorf("pool drain: status %d, stderr %q", r.status, r.stderr)
 			}
