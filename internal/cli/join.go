@@ -39,7 +39,7 @@ var procNetNS = regexp.MustCompile(`^/proc/([0-9]+)/ns/net$`)
 // network. The host's own namespace is never joined this way: a container
 // that names it gets loopback only, in a VM of its own.
 func sandboxToJoin(g *globals, spec *specs.Spec) *state.State {
-	path, ok := specNetworkNamespace(spec)
+	path, ok := oci.NetworkNamespace(spec)
 	if !ok || path == "" {
 		return nil
 	}
@@ -68,18 +68,18 @@ func sandboxToJoin(g *globals, spec *specs.Spec) *state.State {
 			}
 		}
 	}
-	want, err := namespaceOf(path)
+	want, err := oci.NamespaceOf(path)
 	if err != nil {
 		return nil
 	}
-	if host, err := namespaceOf("/proc/self/ns/net"); err != nil || want == host {
+	if host, err := oci.NamespaceOf("/proc/self/ns/net"); err != nil || want == host {
 		return nil
 	}
 	for _, st := range all {
 		if st.Sandbox != "" || !live(st) {
 			continue
 		}
-		if ns, err := namespaceOf(sandboxNetNS(st)); err == nil && ns == want {
+		if ns, err := oci.NamespaceOf(sandboxNetNS(st)); err == nil && ns == want {
 			return st
 		}
 	}
@@ -96,7 +96,7 @@ func sandboxNetNS(st *state.State) string {
 	if err != nil {
 		return ""
 	}
-	path, _ := specNetworkNamespace(spec)
+	path, _ := oci.NetworkNamespace(spec)
 	return path
 }
 

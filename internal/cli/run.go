@@ -176,14 +176,14 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 	}
 	pooled, err := claimPooled(g, cfg, bundle.Spec, st)
 	if err != nil {
-		killProcess(st.NetNSHolder)
+		oci.StopNetNSHolder(st.NetNSHolder)
 		return nil, err
 	}
 	if pooled {
 		return &prepared{bundle: bundle, cfg: cfg}, nil
 	}
 	if err := store.Create(st); err != nil {
-		killProcess(st.NetNSHolder)
+		oci.StopNetNSHolder(st.NetNSHolder)
 		if errors.Is(err, state.ErrExist) {
 			return nil, fmt.Errorf("container with id %s already exists", id)
 		}
@@ -191,7 +191,7 @@ func prepareSandbox(g *globals, id, bundleDir string, standIn state.Process) (*p
 	}
 	daemon, err := startDaemon(g, id, cfg.Agent.BootTimeout.Duration)
 	if err != nil {
-		killProcess(st.NetNSHolder)
+		oci.StopNetNSHolder(st.NetNSHolder)
 		_ = store.Remove(id)
 		return nil, err
 	}
@@ -396,7 +396,7 @@ func forceDelete(g *globals, id string) {
 		_ = unix.Kill(st.QEMU.PID, unix.SIGKILL)
 		waitGone(st.QEMU, 5*time.Second)
 	}
-	killProcess(st.NetNSHolder)
+	oci.StopNetNSHolder(st.NetNSHolder)
 	_ = store.Remove(id)
 }
 

@@ -71,19 +71,6 @@ func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteC
 	return nil
 }
 
-// asksNewNetNS says whether the spec asks for a new network namespace.
-func asksNewNetNS(spec *specs.Spec) bool {
-	if spec.Linux == nil {
-		return false
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return ns.Path == ""
-		}
-	}
-	return false
-}
-
 // bootOptions says what sandbox to boot for the container: the VM gets its
 // network devices and its size at boot, from the bundle that create named.
 func (d *Daemon) bootOptions(cfg *config.Config) Options {
@@ -97,7 +84,7 @@ func (d *Daemon) bootOptions(cfg *config.Config) Options {
 			// A spec that asks for a new network namespace and has create
 			// hooks got one on the host, held by the hooks' process, which
 			// the hooks may have filled (Docker's networking does).
-			if opts.NetNS == "" && st.NetNSHolder.Alive() && asksNewNetNS(spec) {
+			if opts.NetNS == "" && st.NetNSHolder.Alive() && oci.AsksNewNetNS(spec) {
 				opts.NetNS = fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
 				opts.NetNSForNew = true
 			}

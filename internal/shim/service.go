@@ -30,6 +30,7 @@ import (
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/oci"
 	"github.com/husk-runtime/husk/internal/sandbox"
+	"github.com/husk-runtime/husk/internal/state"
 )
 
 // StateRoot holds one directory per sandbox a shim serves: the VM's
@@ -70,8 +71,11 @@ type service struct {
 	sb        *sandbox.Sandbox
 	sandboxID string
 	dir       string
-	tasks     map[string]*taskRecord
-	creating  map[string]bool
+	// holder holds the sandbox's host-side network namespace when its
+	// first container had create hooks (see oci.StartNetNSHolder).
+	holder   state.Process
+	tasks    map[string]*taskRecord
+	creating map[string]bool
 }
 
 // taskRecord is what the shim keeps of one container.
@@ -208,8 +212,13 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if spec.Linux != nil {
 		resources = spec.Linux.Resources
 	}
-	sb, err := s.ensureSandbox(role.sandboxID, t.netns, resources)
+	netns, forNew, holder, err := s.runCreateHooks(r.ID, r.Bundle, spec, t.netns)
 	if err != nil {
+		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "%v", err)
+	}
+	sb, err := s.ensureSandbox(role.sandboxID, netns, forNew, holder, resources)
+	if err != nil {
+		oci.StopNetNSHolder(holder)
 		return nil, errdefs.ToGRPC(err)
 	}
 	stdio, err := openStdio(ctx, t.io, r.ID, s.namespace)
@@ -270,7 +279,7 @@ func unmountRootfs(t *taskRecord) {
 
 // ensureSandbox boots the sandbox's VM, joined to the network namespace
 // netns and sized for resources, unless it runs.
-func (s *service) ensureSandbox(sandboxID, netns string, resources *specs.LinuxResources) (*sandbox.Sandbox, error) {
+func (s *service) ensureSandbox(sandboxID, netns string, netnsForNew bool, holder state.Process, resources *specs.LinuxResources) (*sandbox.Sandbox, error) {
 	s.bootMu.Lock()
 	defer s.bootMu.Unlock()
 	s.mu.Lock()
@@ -293,16 +302,65 @@ func (s *service) ensureSandbox(sandboxID, netns string, resources *specs.LinuxR
 		return nil, fmt.Errorf("recording the shim's pid: %w", err)
 	}
 	sb, err = sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
-		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns, Resources: resources})
+		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns, NetNSForNew: netnsForNew, Resources: resources})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	s.vmPID.Store(uint32(sb.VMPID()))
 	s.mu.Lock()
-	s.sb, s.sandboxID, s.dir = sb, sandboxID, dir
+	s.sb, s.sandboxID, s.dir, s.holder = sb, sandboxID, dir, holder
 	s.mu.Unlock()
 	return sb, nil
+}
+
+// runCreateHooks runs a container's prestart and createRuntime hooks on
+// the host, as the command line does (see internal/cli/hooks.go). For the
+// sandbox's first container it starts the holder of its host-side network
+// namespace, which the hooks' state names and which the sandbox then boots
+// joined to (forNew says the spec asked for a new namespace); for a later
+// one, the hooks get the sandbox's holder, or QEMU's pid. It returns the
+// namespace to boot with.
+func (s *service) runCreateHooks(id, bundle string, spec *specs.Spec, netns string) (bootNetNS string, forNew bool, holder state.Process, err error) {
+	if !oci.HasCreateHooks(spec) {
+		return netns, false, state.Process{}, nil
+	}
+	s.mu.Lock()
+	booted, pid := s.sb != nil, int(s.vmPID.Load())
+	if s.holder.PID != 0 {
+		pid = s.holder.PID
+	}
+	s.mu.Unlock()
+	if !booted {
+		if holder, err = oci.StartNetNSHolder(spec); err != nil {
+			return "", false, state.Process{}, err
+		}
+		pid = holder.PID
+		if oci.AsksNewNetNS(spec) {
+			netns, forNew = fmt.Sprintf("/proc/%d/ns/net", holder.PID), true
+		}
+	}
+	hookState := specs.State{Version: specs.Version, ID: id, Status: specs.StateCreating, Pid: pid, Bundle: bundle, Annotations: spec.Annotations}
+	for _, point := range []oci.HookPoint{oci.Prestart, oci.CreateRuntime} {
+		if err := oci.RunHooks(spec, point, hookState); err != nil {
+			oci.StopNetNSHolder(holder)
+			return "", false, state.Process{}, err
+		}
+	}
+	return netns, forNew, holder, nil
+}
+
+// runHooksWarning runs a container's poststart or poststop hooks, whose
+// failure is a warning.
+func (s *service) runHooksWarning(t *taskRecord, point oci.HookPoint, status specs.ContainerState, pid int) {
+	spec, err := oci.ReadSpec(t.bundle)
+	if err != nil || len(oci.Hooks(spec, point)) == 0 {
+		return
+	}
+	hookState := specs.State{Version: specs.Version, ID: t.id, Status: status, Pid: pid, Bundle: t.bundle, Annotations: spec.Annotations}
+	if err := oci.RunHooks(spec, point, hookState); err != nil {
+		s.log.Warn("hook failed", "container", t.id, "err", err)
+	}
 }
 
 // stopSandbox powers the VM off and removes its state. s.mu must be held.
@@ -311,6 +369,8 @@ func (s *service) stopSandbox() {
 		return
 	}
 	s.sb.Stop()
+	oci.StopNetNSHolder(s.holder)
+	s.holder = state.Process{}
 	if err := os.RemoveAll(s.dir); err != nil {
 		s.log.Error("removing the sandbox's state", "err", err)
 	}
@@ -401,6 +461,7 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		t.started = true
 		s.mu.Unlock()
 		s.startPublished(processKey(r.ID, ""), runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
+		s.runHooksWarning(t, oci.Poststart, specs.StateRunning, int(pid))
 		return &taskapi.StartResponse{Pid: pid}, nil
 	}
 	s.mu.Lock()
@@ -553,6 +614,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	if !st.Exited {
 		st.ExitStatus, st.ExitedAt = 128+9, time.Now()
 	}
+	s.runHooksWarning(t, oci.Poststop, specs.StateStopped, 0)
 	s.events.publish(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{ContainerID: r.ID, Pid: pid,
 		ExitStatus: uint32(st.ExitStatus), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)})
 	return &taskapi.DeleteResponse{Pid: pid, ExitStatus: uint32(st.ExitStatus), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}, nil

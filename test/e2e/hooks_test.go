@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/husk-runtime/husk/internal/oci"
 )
 
 // writeHook writes an executable shell script and returns its path.
@@ -128,5 +130,66 @@ func TestHooksInTheContainerRefused(t *testing.T) {
 		if r := e.run("", "run", "--bundle", b, e.id()); r.status == 0 || !strings.Contains(r.stderr, name) {
 			t.Errorf("%s: status %d, stderr %q", name, r.status, r.stderr)
 		}
+	}
+}
+
+// TestCtrHooksPrepareTheNetwork: the same through containerd and husk's
+// shim (a spec given to `ctr run --config`, as nerdctl's networking hook
+// would come): the prestart hook moves an interface into the namespace the
+// shim made, the sandbox boots joined to it, and poststart and poststop
+// run.
+func TestCtrHooksPrepareTheNetwork(t *testing.T) {
+	c := newCtrEnv(t)
+	e := &env{t: t, root: t.TempDir()} // only for its bundle helper
+	f := newNetFixture(t)
+	const port = 18095
+	if err := os.WriteFile(filepath.Join(f.serverRoot, "greeting"), []byte("hello through the shim\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.serveFromB(t, port)
+	dir := t.TempDir()
+	prestart := writeHook(t, dir, "prestart", fmt.Sprintf(`state=$(cat)
+echo "$state" > %[1]s/prestart.json
+pid=$(echo "$state" | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+ip -n %[2]s link set %[3]s netns /proc/$pid/ns/net
+nsenter --net=/proc/$pid/ns/net sh -c 'ip addr add %[4]s/24 dev %[3]s && ip link set %[3]s mtu %[5]s up && ip link set lo up && ip route add default via %[6]s'
+`, dir, f.a, f.vethA, f.addrA, f.mtu, f.addrB))
+	poststart := writeHook(t, dir, "poststart", "cat > "+dir+"/poststart.json\n")
+	poststop := writeHook(t, dir, "poststop", "cat > "+dir+"/poststop.json\n")
+	b := e.bundle(func(s *specs.Spec) {
+		s.Hooks = &specs.Hooks{
+			//lint:ignore SA1019 deprecated by OCI, but what CNI-by-hook tools use
+			Prestart:  []specs.Hook{{Path: prestart}},
+			Poststart: []specs.Hook{{Path: poststart}},
+			Poststop:  []specs.Hook{{Path: poststop}},
+		}
+	}, "wget", "-q", "-O", "-", fmt.Sprintf("http://%s:%d/greeting", f.addrB, port))
+	specPath := filepath.Join(b, "config.json")
+	spec, err := oci.ReadSpec(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Root.Path = filepath.Join(b, "rootfs")
+	data, _ := json.Marshal(spec)
+	if err := os.WriteFile(specPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id := c.id()
+	r := c.run("", append(runFlags, "--rm", "--config", specPath, id)...)
+	if r.status != 0 || r.stdout != "hello through the shim\n" {
+		t.Fatalf("ctr run: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	created := readHookState(t, filepath.Join(dir, "prestart.json"))
+	if created.ID != id || created.Status != specs.StateCreating || created.Pid == 0 {
+		t.Errorf("prestart hook's state: %+v", created)
+	}
+	if st := readHookState(t, filepath.Join(dir, "poststart.json")); st.ID != id || st.Status != specs.StateRunning {
+		t.Errorf("poststart hook's state: %+v", st)
+	}
+	if st := readHookState(t, filepath.Join(dir, "poststop.json")); st.ID != id || st.Status != specs.StateStopped {
+		t.Errorf("poststop hook's state: %+v", st)
+	}
+	if !gone(created.Pid) {
+		t.Errorf("the network namespace holder %d outlived the container", created.Pid)
 	}
 }
