@@ -107,22 +107,7 @@ func RecordSpawn(dir string, info Info) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".spawn-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp.Name(), filepath.Join(dir, infoFile)); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return nil
+	return state.WriteFileNew(filepath.Join(dir, infoFile), data)
 }
 
 // RemoveInfo drops a claimed slot's description from what is now a

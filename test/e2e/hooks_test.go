@@ -37,6 +37,49 @@ func readHookState(t *testing.T, path string) specs.State {
 	return st
 }
 
+// networkHooks writes, into dir, a prestart hook that does what Docker's
+// libnetwork-setkey does: it moves the fixture's interface from namespace A
+// into the namespace of the pid in its state, and configures it there (an
+// interface's addresses and routes stay behind when it moves); and
+// poststart and poststop hooks that save their state. Each hook saves its
+// state as dir/NAME.json.
+func networkHooks(t *testing.T, dir string, f *netFixture) *specs.Hooks {
+	t.Helper()
+	prestart := writeHook(t, dir, "prestart", fmt.Sprintf(`state=$(cat)
+echo "$state" > %[1]s/prestart.json
+pid=$(echo "$state" | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+ip -n %[2]s link set %[3]s netns /proc/$pid/ns/net
+nsenter --net=/proc/$pid/ns/net sh -c 'ip addr add %[4]s/24 dev %[3]s && ip link set %[3]s mtu %[5]s up && ip link set lo up && ip route add default via %[6]s'
+`, dir, f.a, f.vethA, f.addrA, f.mtu, f.addrB))
+	return &specs.Hooks{
+		//lint:ignore SA1019 deprecated by OCI, but the hook Docker's networking uses
+		Prestart:  []specs.Hook{{Path: prestart}},
+		Poststart: []specs.Hook{{Path: writeHook(t, dir, "poststart", "cat > "+dir+"/poststart.json\n"), Args: []string{"poststart", "arg"}}},
+		Poststop:  []specs.Hook{{Path: writeHook(t, dir, "poststop", "cat > "+dir+"/poststop.json\n")}},
+	}
+}
+
+// checkHookStates checks the states networkHooks' hooks saved for the
+// container id, and that the namespace holder the prestart hook saw is
+// gone; it returns the prestart hook's state.
+func checkHookStates(t *testing.T, dir, id string) specs.State {
+	t.Helper()
+	created := readHookState(t, filepath.Join(dir, "prestart.json"))
+	if created.ID != id || created.Status != specs.StateCreating || created.Pid == 0 {
+		t.Errorf("prestart hook's state: %+v", created)
+	}
+	if st := readHookState(t, filepath.Join(dir, "poststart.json")); st.ID != id || st.Status != specs.StateRunning {
+		t.Errorf("poststart hook's state: %+v", st)
+	}
+	if st := readHookState(t, filepath.Join(dir, "poststop.json")); st.ID != id || st.Status != specs.StateStopped {
+		t.Errorf("poststop hook's state: %+v", st)
+	}
+	if !gone(created.Pid) {
+		t.Errorf("the network namespace holder %d outlived the container", created.Pid)
+	}
+	return created
+}
+
 // TestHooksPrepareTheNetwork: a spec that asks for a new network namespace
 // and carries a prestart hook that moves an interface into it (what
 // Docker's libnetwork-setkey does for its bridge networks): the hook runs
@@ -54,40 +97,17 @@ func TestHooksPrepareTheNetwork(t *testing.T) {
 	f.serveFromB(t, port)
 
 	dir := t.TempDir()
-	prestart := writeHook(t, dir, "prestart", fmt.Sprintf(`state=$(cat)
-echo "$state" > %[1]s/prestart.json
-pid=$(echo "$state" | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
-ip -n %[2]s link set %[3]s netns /proc/$pid/ns/net
-nsenter --net=/proc/$pid/ns/net sh -c 'ip addr add %[4]s/24 dev %[3]s && ip link set %[3]s mtu %[5]s up && ip link set lo up && ip route add default via %[6]s'
-`, dir, f.a, f.vethA, f.addrA, f.mtu, f.addrB))
-	poststart := writeHook(t, dir, "poststart", "cat > "+dir+"/poststart.json\n")
-	poststop := writeHook(t, dir, "poststop", "cat > "+dir+"/poststop.json\n")
 	id := e.id()
 	b := e.bundle(func(s *specs.Spec) {
-		s.Hooks = &specs.Hooks{
-			//lint:ignore SA1019 deprecated by OCI, but the hook Docker's networking uses
-			Prestart:  []specs.Hook{{Path: prestart}},
-			Poststart: []specs.Hook{{Path: poststart, Args: []string{"poststart", "arg"}}},
-			Poststop:  []specs.Hook{{Path: poststop}},
-		}
+		s.Hooks = networkHooks(t, dir, f)
 	}, "sh", "-c", fmt.Sprintf("cat /sys/class/net/%s/mtu; wget -q -O - http://%s:%d/greeting", f.vethA, f.addrB, port))
 	r := e.run("", "run", "--bundle", b, id)
 	if r.status != 0 || r.stdout != f.mtu+"\nhello across the hook's veth\n" {
 		t.Fatalf("run: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
 	}
 
-	created := readHookState(t, filepath.Join(dir, "prestart.json"))
-	if created.ID != id || created.Status != specs.StateCreating || created.Bundle != b || created.Pid == 0 {
-		t.Errorf("prestart hook's state: %+v", created)
-	}
-	if st := readHookState(t, filepath.Join(dir, "poststart.json")); st.ID != id || st.Status != specs.StateRunning {
-		t.Errorf("poststart hook's state: %+v", st)
-	}
-	if st := readHookState(t, filepath.Join(dir, "poststop.json")); st.ID != id || st.Status != specs.StateStopped {
-		t.Errorf("poststop hook's state: %+v", st)
-	}
-	if !gone(created.Pid) {
-		t.Errorf("the network namespace holder %d outlived the container", created.Pid)
+	if created := checkHookStates(t, dir, id); created.Bundle != b {
+		t.Errorf("prestart hook's state names bundle %q, want %q", created.Bundle, b)
 	}
 }
 
@@ -148,21 +168,8 @@ func TestCtrHooksPrepareTheNetwork(t *testing.T) {
 	}
 	f.serveFromB(t, port)
 	dir := t.TempDir()
-	prestart := writeHook(t, dir, "prestart", fmt.Sprintf(`state=$(cat)
-echo "$state" > %[1]s/prestart.json
-pid=$(echo "$state" | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
-ip -n %[2]s link set %[3]s netns /proc/$pid/ns/net
-nsenter --net=/proc/$pid/ns/net sh -c 'ip addr add %[4]s/24 dev %[3]s && ip link set %[3]s mtu %[5]s up && ip link set lo up && ip route add default via %[6]s'
-`, dir, f.a, f.vethA, f.addrA, f.mtu, f.addrB))
-	poststart := writeHook(t, dir, "poststart", "cat > "+dir+"/poststart.json\n")
-	poststop := writeHook(t, dir, "poststop", "cat > "+dir+"/poststop.json\n")
 	b := e.bundle(func(s *specs.Spec) {
-		s.Hooks = &specs.Hooks{
-			//lint:ignore SA1019 deprecated by OCI, but what CNI-by-hook tools use
-			Prestart:  []specs.Hook{{Path: prestart}},
-			Poststart: []specs.Hook{{Path: poststart}},
-			Poststop:  []specs.Hook{{Path: poststop}},
-		}
+		s.Hooks = networkHooks(t, dir, f)
 	}, "wget", "-q", "-O", "-", fmt.Sprintf("http://%s:%d/greeting", f.addrB, port))
 	specPath := filepath.Join(b, "config.json")
 	spec, err := oci.ReadSpec(b)
@@ -179,17 +186,5 @@ nsenter --net=/proc/$pid/ns/net sh -c 'ip addr add %[4]s/24 dev %[3]s && ip link
 	if r.status != 0 || r.stdout != "hello through the shim\n" {
 		t.Fatalf("ctr run: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
 	}
-	created := readHookState(t, filepath.Join(dir, "prestart.json"))
-	if created.ID != id || created.Status != specs.StateCreating || created.Pid == 0 {
-		t.Errorf("prestart hook's state: %+v", created)
-	}
-	if st := readHookState(t, filepath.Join(dir, "poststart.json")); st.ID != id || st.Status != specs.StateRunning {
-		t.Errorf("poststart hook's state: %+v", st)
-	}
-	if st := readHookState(t, filepath.Join(dir, "poststop.json")); st.ID != id || st.Status != specs.StateStopped {
-		t.Errorf("poststop hook's state: %+v", st)
-	}
-	if !gone(created.Pid) {
-		t.Errorf("the network namespace holder %d outlived the container", created.Pid)
-	}
+	checkHookStates(t, dir, id)
 }

@@ -12,6 +12,14 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
+// qemuCount counts the QEMU processes whose command line names dir.
+func qemuCount(dir string) int {
+	out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system.*"+dir).Output()
+	n := 0
+	fmt.Sscan(string(out), &n)
+	return n
+}
+
 // TestJoinAnotherContainersNetwork: a spec whose network namespace is
 // /proc/PID/ns/net of a running container's process (what Docker and
 // Podman give for --network container:NAME) runs in that container's VM
@@ -24,12 +32,7 @@ func TestJoinAnotherContainersNetwork(t *testing.T) {
 	owner := e.id()
 	ownerPID := e.createWith(owner, nil, "sh", "-c", "mkdir -p /dev/shm/www && echo served-by-the-owner > /dev/shm/www/x && echo started && exec httpd -f -p 8081 -h /dev/shm/www")
 	e.start(owner)
-	qemus := func() int {
-		out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system.*"+e.root).Output()
-		n := 0
-		fmt.Sscan(string(out), &n)
-		return n
-	}
+	qemus := func() int { return qemuCount(e.root) }
 	before := qemus()
 
 	joinOwner := func(s *specs.Spec) {
@@ -94,12 +97,7 @@ func TestSecondContainerInTheSameNamespaceJoins(t *testing.T) {
 	owner := e.id()
 	e.createWith(owner, inNamespace(f.a), "sh", "-c", "echo started; sleep 600")
 	e.start(owner)
-	qemus := func() int {
-		out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system.*"+e.root).Output()
-		n := 0
-		fmt.Sscan(string(out), &n)
-		return n
-	}
+	qemus := func() int { return qemuCount(e.root) }
 	before := qemus()
 	b := e.bundle(inNamespace(f.a), "wget", "-q", "-O", "-", fmt.Sprintf("http://%s:%d/x", f.addrB, port))
 	cmd := e.command("run", "--bundle", b, e.id())
