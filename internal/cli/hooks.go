@@ -38,12 +38,10 @@ func runCreateHooks(st *state.State, spec *specs.Spec) error {
 	}
 	st.NetNSHolder = holder
 	hookState := hookStateOf(st, specs.StateCreating)
-	for _, point := range []oci.HookPoint{oci.Prestart, oci.CreateRuntime} {
-		if err := oci.RunHooks(spec, point, hookState); err != nil {
-			oci.StopNetNSHolder(holder)
-			st.NetNSHolder = state.Process{}
-			return err
-		}
+	if err := oci.RunCreateHooks(spec, hookState); err != nil {
+		oci.StopNetNSHolder(holder)
+		st.NetNSHolder = state.Process{}
+		return err
 	}
 	return nil
 }

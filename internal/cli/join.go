@@ -87,17 +87,13 @@ func sandboxToJoin(g *globals, spec *specs.Spec) *state.State {
 }
 
 // sandboxNetNS is the host-side network namespace a sandbox was joined to
-// at boot: its hooks' holder's, or the one its spec names ("" for none).
+// at boot ("" for none).
 func sandboxNetNS(st *state.State) string {
-	if st.NetNSHolder.Alive() {
-		return fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
-	}
 	spec, err := oci.ReadSpec(st.Bundle)
 	if err != nil {
 		return ""
 	}
-	path, _ := oci.NetworkNamespace(spec)
-	return path
+	return hostNetNS(st, spec)
 }
 
 // joinSandbox records a container that joins owner's sandbox: no daemon is
@@ -109,10 +105,8 @@ func joinSandbox(g *globals, st *state.State, owner *state.State, bundle *oci.Bu
 			return nil, fmt.Errorf("prestart and createRuntime hooks of a container that joins %s's network: %s's network namespace is the VM's, which no host process holds", owner.ID, owner.ID)
 		}
 		hookState := hookStateOf(&state.State{ID: st.ID, Bundle: st.Bundle, Annotations: st.Annotations, NetNSHolder: owner.NetNSHolder}, specs.StateCreating)
-		for _, point := range []oci.HookPoint{oci.Prestart, oci.CreateRuntime} {
-			if err := oci.RunHooks(bundle.Spec, point, hookState); err != nil {
-				return nil, err
-			}
+		if err := oci.RunCreateHooks(bundle.Spec, hookState); err != nil {
+			return nil, err
 		}
 	}
 	st.Sandbox, st.Daemon, st.QEMU = owner.ID, owner.Daemon, owner.QEMU

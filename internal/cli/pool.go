@@ -146,7 +146,7 @@ func claimPooled(g *globals, cfg *config.Config, spec *specs.Spec, st *state.Sta
 		// The pooled sandbox is unusable (its daemon died after the
 		// claim, say): end it and boot as if the pool were empty.
 		logrus.Warnf("pooled sandbox for %s failed, booting one: %v", st.ID, err)
-		endSandboxProcesses(g, st.ID, info.Daemon, info.QEMU)
+		endDaemon(store.Dir(st.ID), st.ID, true, info.Daemon, info.QEMU)
 		_ = store.Remove(st.ID)
 		return false, nil
 	}
@@ -174,22 +174,6 @@ func sourcesVisibleTo(pid int, spec *specs.Spec, rootfs string) error {
 		}
 	}
 	return nil
-}
-
-// endSandboxProcesses ends a sandbox's daemon (asking first, through the
-// control socket in dir, then killing) and its QEMU.
-func endSandboxProcesses(g *globals, id string, daemon, qemu state.Process) {
-	if daemon.Alive() {
-		_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
-		if !waitGone(daemon, daemonExitTimeout) {
-			_ = unix.Kill(daemon.PID, unix.SIGKILL)
-			waitGone(daemon, 5*time.Second)
-		}
-	}
-	if qemu.Alive() {
-		_ = unix.Kill(qemu.PID, unix.SIGKILL)
-		waitGone(qemu, 5*time.Second)
-	}
 }
 
 // fillPool brings the pool to the configured size: it ends slots that no
@@ -346,26 +330,11 @@ func endSlot(g *globals, p pool.Pool, slot *pool.Slot) {
 	if now, err := pool.ReadInfo(dir); err == nil {
 		info = now
 	}
+	// A ready daemon serves its socket: asked, it powers the guest off and
+	// removes what it made. One still booting is killed; QEMU dies with
+	// it, and its mounts with its mount namespace.
 	if info != nil {
-		if info.Daemon.Alive() && info.Ready {
-			// A ready daemon serves its socket: asked, it powers the
-			// guest off and removes what it made.
-			if sock, closeDir, err := controlSocketIn(dir); err == nil {
-				_, _ = control.Call(sock, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
-				closeDir()
-			}
-			waitGone(info.Daemon, daemonExitTimeout)
-		}
-		// One still booting is killed; QEMU dies with it, and its mounts
-		// with its mount namespace.
-		if info.Daemon.Alive() {
-			_ = unix.Kill(info.Daemon.PID, unix.SIGKILL)
-			waitGone(info.Daemon, 5*time.Second)
-		}
-		if info.QEMU.Alive() {
-			_ = unix.Kill(info.QEMU.PID, unix.SIGKILL)
-			waitGone(info.QEMU, 5*time.Second)
-		}
+		endDaemon(dir, "", info.Ready, info.Daemon, info.QEMU)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		logrus.Warnf("removing pooled sandbox %s: %v", slot.Name, err)

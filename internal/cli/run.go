@@ -364,6 +364,27 @@ func deleteSandbox(g *globals, id string, force bool) error {
 	return nil
 }
 
+// endDaemon ends the daemon and QEMU of the sandbox in dir, which belongs
+// to container id ("" for a pooled one): asked first through its control
+// socket (with ask, for a daemon that serves it), then killed, QEMU last.
+func endDaemon(dir, id string, ask bool, daemon, qemu state.Process) {
+	if daemon.Alive() && ask {
+		if sock, closeDir, err := controlSocketIn(dir); err == nil {
+			_, _ = control.Call(sock, &control.Request{Op: control.OpShutdown, Container: id, Force: true}, nil, 5*time.Second)
+			closeDir()
+		}
+		waitGone(daemon, daemonExitTimeout)
+	}
+	if daemon.Alive() {
+		_ = unix.Kill(daemon.PID, unix.SIGKILL)
+		waitGone(daemon, 5*time.Second)
+	}
+	if qemu.Alive() {
+		_ = unix.Kill(qemu.PID, unix.SIGKILL)
+		waitGone(qemu, 5*time.Second)
+	}
+}
+
 // forceDelete removes a container by any means: the daemon is asked, then
 // killed (QEMU dies with it), then QEMU is killed, then the state removed.
 // A container that joined another's sandbox is only taken out of it.
@@ -381,21 +402,9 @@ func forceDelete(g *globals, id string) {
 		_ = store.Remove(id)
 		return
 	}
-	if st.Daemon.Alive() {
-		// A daemon still booting its guest serves no requests yet; killing
-		// it takes QEMU and the daemon's mounts with it.
-		if st.Status != state.Creating {
-			_, _ = call(g, id, &control.Request{Op: control.OpShutdown, Force: true}, nil, 5*time.Second)
-		}
-		if st.Status == state.Creating || !waitGone(st.Daemon, daemonExitTimeout) {
-			_ = unix.Kill(st.Daemon.PID, unix.SIGKILL)
-			waitGone(st.Daemon, 5*time.Second)
-		}
-	}
-	if st.QEMU.Alive() {
-		_ = unix.Kill(st.QEMU.PID, unix.SIGKILL)
-		waitGone(st.QEMU, 5*time.Second)
-	}
+	// A daemon still booting its guest serves no requests yet; killing it
+	// takes QEMU and the daemon's mounts with it.
+	endDaemon(store.Dir(id), id, st.Status != state.Creating, st.Daemon, st.QEMU)
 	oci.StopNetNSHolder(st.NetNSHolder)
 	_ = store.Remove(id)
 }

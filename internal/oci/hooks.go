@@ -74,6 +74,17 @@ func RunHooks(spec *specs.Spec, point HookPoint, state specs.State) error {
 	return nil
 }
 
+// RunCreateHooks runs the hooks of a container being created, prestart
+// then createRuntime.
+func RunCreateHooks(spec *specs.Spec, state specs.State) error {
+	for _, point := range []HookPoint{Prestart, CreateRuntime} {
+		if err := RunHooks(spec, point, state); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func runHook(hook specs.Hook, input []byte) error {
 	timeout := defaultHookTimeout
 	if hook.Timeout != nil {

@@ -226,7 +226,7 @@ func (d *Daemon) adopt(req *control.Request) (*control.Reply, error) {
 		return nil, &control.Error{Code: control.CodeInvalid, Message: err.Error()}
 	}
 	d.id, d.dir = req.Container, dir
-	d.sb.Relocate(d.id, dir)
+	d.sb.Relocate(dir)
 	if err := pool.RemoveInfo(dir); err != nil {
 		d.log.Warn("removing the pool slot's description", "err", err)
 	}
@@ -497,7 +497,7 @@ func (d *Daemon) cleanup() {
 		d.listener.Close()
 	}
 	if d.sb != nil {
-		d.sb.Relocate(id, dir)
+		d.sb.Relocate(dir)
 		d.sb.Stop()
 	}
 	// The holder of the container's network namespace lives as long as

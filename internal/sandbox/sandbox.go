@@ -42,9 +42,8 @@ type Sandbox struct {
 	vm  *VM
 	log *slog.Logger
 
-	// where guards id and dir, which a pooled sandbox's adoption changes.
+	// where guards dir, which a pooled sandbox's adoption changes.
 	where sync.Mutex
-	id    string
 	dir   string
 
 	// netns is the host network namespace the sandbox was joined to;
@@ -136,7 +135,7 @@ func Boot(opts Options) (*Sandbox, error) {
 	if err := os.Chdir(opts.Dir); err != nil {
 		return nil, fmt.Errorf("entering the state directory: %w", err)
 	}
-	s := &Sandbox{id: opts.ID, dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
+	s := &Sandbox{dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
 		containers: map[string]*containerRecord{}, netns: opts.NetNS, netnsForNew: opts.NetNSForNew}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
 	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
@@ -223,13 +222,13 @@ func (s *Sandbox) configureNetwork() error {
 }
 
 // Relocate gives a pooled sandbox, whose state directory was renamed to
-// dir, the id and directory of the container that took it. QEMU and the
+// dir, the directory of the container that took it. QEMU and the
 // daemon hold their files and sockets open, so they follow the rename;
 // only the paths the sandbox names from now on change.
-func (s *Sandbox) Relocate(id, dir string) {
+func (s *Sandbox) Relocate(dir string) {
 	s.where.Lock()
 	defer s.where.Unlock()
-	s.id, s.dir = id, dir
+	s.dir = dir
 }
 
 // sharedDir is the directory shared with the guest.

@@ -341,11 +341,9 @@ func (s *service) runCreateHooks(id, bundle string, spec *specs.Spec, netns stri
 		}
 	}
 	hookState := specs.State{Version: specs.Version, ID: id, Status: specs.StateCreating, Pid: pid, Bundle: bundle, Annotations: spec.Annotations}
-	for _, point := range []oci.HookPoint{oci.Prestart, oci.CreateRuntime} {
-		if err := oci.RunHooks(spec, point, hookState); err != nil {
-			oci.StopNetNSHolder(holder)
-			return "", false, state.Process{}, err
-		}
+	if err := oci.RunCreateHooks(spec, hookState); err != nil {
+		oci.StopNetNSHolder(holder)
+		return "", false, state.Process{}, err
 	}
 	return netns, forNew, holder, nil
 }
