@@ -58,15 +58,17 @@ type Agent struct {
 // Network says how a sandbox joins the network namespace its container's
 // caller made.
 type Network struct {
-	// Mode is "tc" (a tap per interface, joined with tc redirects) or
-	// "none" (the container gets loopback only, whatever the namespace).
+	// Mode is "tc" (a tap per interface, joined with tc redirects),
+	// "macvtap" (a passthru macvtap device on each interface) or "none"
+	// (the container gets loopback only, whatever the namespace).
 	Mode string `toml:"mode" json:"mode"`
 }
 
 // Network modes.
 const (
-	NetworkTC   = "tc"
-	NetworkNone = "none"
+	NetworkTC      = "tc"
+	NetworkMacvtap = "macvtap"
+	NetworkNone    = "none"
 )
 
 // Runtime holds general settings.
@@ -201,10 +203,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent.boot_timeout = %s: must be positive", c.Agent.BootTimeout)
 	case c.Pool.Size < 0 || c.Pool.Size > maxPoolSize:
 		return fmt.Errorf("pool.size = %d: want 0 (off) to %d", c.Pool.Size, maxPoolSize)
-	case c.Network.Mode == "macvtap":
-		return errors.New(`network.mode = "macvtap": not supported yet; use "tc"`)
-	case c.Network.Mode != NetworkTC && c.Network.Mode != NetworkNone:
-		return fmt.Errorf("network.mode = %q: want tc or none", c.Network.Mode)
+	case c.Network.Mode != NetworkTC && c.Network.Mode != NetworkMacvtap && c.Network.Mode != NetworkNone:
+		return fmt.Errorf("network.mode = %q: want tc, macvtap or none", c.Network.Mode)
 	}
 	return nil
 }

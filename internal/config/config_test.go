@@ -55,7 +55,6 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		"[agent]\nboot_timeout = \"-1s\"\n":    "agent.boot_timeout",
 		"[hypervisor]\ntcg_tb_size_mib = -1\n": "hypervisor.tcg_tb_size_mib",
 		"[network]\nmode = \"bridge\"\n":       "network.mode",
-		"[network]\nmode = \"macvtap\"\n":      "not supported yet",
 		"not toml at all [":                    "configuration",
 	} {
 		_, err := Load(writeConfig(t, body), true)

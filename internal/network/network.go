@@ -28,11 +28,26 @@ type Route struct {
 	Scope       netlink.Scope
 }
 
+// Mode says how an interface of the namespace is joined to the VM.
+type Mode int
+
+const (
+	// TC joins the interface to a new tap device with a tc ingress
+	// redirect each way: the interface keeps its own device.
+	TC Mode = iota
+	// Macvtap puts a passthru macvtap device on the interface: the
+	// kernel hands the macvtap every frame the interface receives and
+	// sends the VM's frames out of it, without a tc rule.
+	Macvtap
+)
+
 // Endpoint is an interface of the namespace and the tap joined to it.
 type Endpoint struct {
 	Interface Interface
-	Tap       string
-	// TapFile is the tap's queue, for QEMU (-netdev tap,fd=N).
+	// Tap names the tap (TC) or macvtap (Macvtap) device made for the
+	// interface.
+	Tap string
+	// TapFile is the device's queue, for QEMU (-netdev tap,fd=N).
 	TapFile             *os.File
 	linkIndex, tapIndex int
 }
@@ -108,15 +123,16 @@ func HasInterfaces(path string) (bool, error) {
 }
 
 // joinable says whether Attach joins link to the VM: loopback stays in the
-// namespace, and taps are husk's own.
+// namespace, and taps and macvtaps are husk's own.
 func joinable(link netlink.Link) bool {
-	return link.Attrs().Flags&net.FlagLoopback == 0 && link.Type() != "tuntap"
+	return link.Attrs().Flags&net.FlagLoopback == 0 && link.Type() != "tuntap" && link.Type() != "macvtap"
 }
 
 // Attach joins every interface of the namespace at path (other than
-// loopback) to a new tap device and reads the routes the guest must have.
-// A namespace with loopback only gives an attachment with no endpoints.
-func Attach(path string) (_ *Attachment, retErr error) {
+// loopback) to a new tap or macvtap device, as mode says, and reads the
+// routes the guest must have. A namespace with loopback only gives an
+// attachment with no endpoints.
+func Attach(path string, mode Mode) (_ *Attachment, retErr error) {
 	a := &Attachment{NetNS: path}
 	defer func() {
 		if retErr != nil {
@@ -135,7 +151,7 @@ func Attach(path string) (_ *Attachment, retErr error) {
 			if !joinable(link) {
 				continue
 			}
-			ep, err := attachLink(link, len(a.Endpoints))
+			ep, err := attachLink(link, len(a.Endpoints), mode)
 			if ep != nil {
 				a.Endpoints = append(a.Endpoints, ep)
 			}
@@ -155,9 +171,9 @@ func Attach(path string) (_ *Attachment, retErr error) {
 	return a, nil
 }
 
-// attachLink creates the tap for link and redirects between them. The
-// endpoint returned with an error holds what was made, for Detach.
-func attachLink(link netlink.Link, n int) (*Endpoint, error) {
+// attachLink joins link to a new device as mode says. The endpoint
+// returned with an error holds what was made, for Detach.
+func attachLink(link netlink.Link, n int, mode Mode) (*Endpoint, error) {
 	attrs := link.Attrs()
 	iface := Interface{Name: attrs.Name, MAC: attrs.HardwareAddr, MTU: attrs.MTU}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
@@ -172,6 +188,9 @@ func attachLink(link netlink.Link, n int) (*Endpoint, error) {
 		iface.Addresses = append(iface.Addresses, addr.IPNet)
 	}
 	ep := &Endpoint{Interface: iface, Tap: tapName(n), linkIndex: attrs.Index}
+	if mode == Macvtap {
+		return ep, attachMacvtap(ep, link)
+	}
 	ep.TapFile, err = openTap(ep.Tap)
 	if err != nil {
 		return nil, err

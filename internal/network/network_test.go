@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // testNamespace makes a network namespace holding one end of a veth pair
@@ -40,12 +42,10 @@ func testNamespace(t *testing.T) (path string) {
 	return "/var/run/netns/" + a
 }
 
-func TestAttachAndDetach(t *testing.T) {
-	path := testNamespace(t)
-	a, err := Attach(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+// checkAttachment checks what Attach read of testNamespace's namespace:
+// its interface and the routes the guest must have.
+func checkAttachment(t *testing.T, a *Attachment) *Endpoint {
+	t.Helper()
 	if len(a.Endpoints) != 1 {
 		t.Fatalf("endpoints: %+v", a.Endpoints)
 	}
@@ -73,6 +73,16 @@ func TestAttachAndDetach(t *testing.T) {
 	if strings.Contains(got, "10.232.0.0/24") {
 		t.Errorf("the kernel's route for the address was taken: %q", got)
 	}
+	return ep
+}
+
+func TestAttachAndDetach(t *testing.T) {
+	path := testNamespace(t)
+	a, err := Attach(path, TC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := checkAttachment(t, a)
 	ns := strings.TrimPrefix(path, "/var/run/netns/")
 	filters, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", "eth7", "ingress").Output()
 	if !strings.Contains(string(filters), "Redirect to device "+ep.Tap) {
@@ -100,14 +110,98 @@ func TestAttachLoopbackOnly(t *testing.T) {
 		t.Skipf("ip netns add: %v %s", err, out)
 	}
 	defer exec.Command("ip", "netns", "del", name).Run()
-	a, err := Attach("/var/run/netns/" + name)
-	if err != nil || len(a.Endpoints) != 0 {
-		t.Fatalf("loopback-only namespace: %+v, %v", a, err)
+	for _, mode := range []Mode{TC, Macvtap} {
+		a, err := Attach("/var/run/netns/"+name, mode)
+		if err != nil || len(a.Endpoints) != 0 {
+			t.Fatalf("loopback-only namespace, mode %d: %+v, %v", mode, a, err)
+		}
+		if _, err := Attach("/var/run/netns/husk-no-such-namespace", mode); err == nil {
+			t.Errorf("mode %d: a missing namespace was accepted", mode)
+		}
+		if _, err := Attach("/proc/self/ns/net", mode); !errors.Is(err, ErrOwnNamespace) {
+			t.Errorf("mode %d: the host's own namespace: %v", mode, err)
+		}
 	}
-	if _, err := Attach("/var/run/netns/husk-no-such-namespace"); err == nil {
-		t.Error("a missing namespace was accepted")
+}
+
+func TestAttachMacvtap(t *testing.T) {
+	path := testNamespace(t)
+	ns := strings.TrimPrefix(path, "/var/run/netns/")
+	before, err := os.ReadDir("/dev")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := Attach("/proc/self/ns/net"); !errors.Is(err, ErrOwnNamespace) {
-		t.Errorf("the host's own namespace: %v", err)
+	a, err := Attach(path, Macvtap)
+	if err != nil {
+		t.Fatal(err)
 	}
+	ep := checkAttachment(t, a)
+	link, _ := exec.Command("ip", "-n", ns, "-d", "link", "show", ep.Tap).Output()
+	if !strings.Contains(string(link), "macvtap mode passthru") || !strings.Contains(string(link), "@eth7") ||
+		!strings.Contains(string(link), ep.Interface.MAC.String()) || !strings.Contains(string(link), "mtu 1450") {
+		t.Errorf("macvtap %s is not a passthru on eth7 with its MAC and MTU:\n%s", ep.Tap, link)
+	}
+	// A queue length of 0 would give the queue a ring with no slots,
+	// dropping every frame for the guest.
+	if !strings.Contains(string(link), "qlen 500") {
+		t.Errorf("macvtap %s does not have the kernel's queue length:\n%s", ep.Tap, link)
+	}
+	// The queue is a working character device: a frame written to it goes
+	// out of eth7 and arrives at its peer.
+	if ep.TapFile == nil {
+		t.Fatal("no queue")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ep.TapFile.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		t.Errorf("the queue is not a character device: %v %o", err, st.Mode)
+	}
+	peerNS := strings.Replace(ns, "husk-net-a-", "husk-net-b-", 1)
+	if out, err := exec.Command("ip", "-n", peerNS, "link", "set", "peer7", "up").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	sendTestFrame(t, ep)
+	stats, _ := exec.Command("ip", "-n", peerNS, "-s", "link", "show", "peer7").Output()
+	if !rxPackets(string(stats)) {
+		t.Errorf("a frame written to the queue did not reach eth7's peer:\n%s", stats)
+	}
+	tc, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", "eth7", "ingress").Output()
+	if len(strings.TrimSpace(string(tc))) != 0 {
+		t.Errorf("macvtap mode made tc rules:\n%s", tc)
+	}
+
+	a.Detach()
+	links, _ := exec.Command("ip", "-n", ns, "link").Output()
+	if strings.Contains(string(links), ep.Tap) {
+		t.Errorf("left after Detach:\n%s", links)
+	}
+	after, _ := os.ReadDir("/dev")
+	if len(after) != len(before) {
+		t.Errorf("/dev had %d entries, now %d", len(before), len(after))
+	}
+}
+
+// sendTestFrame writes one broadcast Ethernet frame, behind the virtio-net
+// header a macvtap queue expects, to ep's queue.
+func sendTestFrame(t *testing.T, ep *Endpoint) {
+	t.Helper()
+	frame := make([]byte, 10+60) // struct virtio_net_hdr, then the frame
+	eth := frame[10:]
+	copy(eth[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(eth[6:12], ep.Interface.MAC)
+	eth[12], eth[13] = 0x88, 0xb5 // the IEEE local experimental EtherType
+	if _, err := ep.TapFile.Write(frame); err != nil {
+		t.Fatalf("writing a frame to the queue: %v", err)
+	}
+}
+
+// rxPackets says whether `ip -s link` output counts a received packet.
+func rxPackets(stats string) bool {
+	lines := strings.Split(stats, "\n")
+	for i, line := range lines {
+		if strings.Contains(line, "RX:") && i+1 < len(lines) {
+			fields := strings.Fields(lines[i+1])
+			return len(fields) > 1 && fields[1] != "0"
+		}
+	}
+	return false
 }

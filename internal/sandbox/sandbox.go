@@ -139,8 +139,12 @@ func Boot(opts Options) (*Sandbox, error) {
 		containers: map[string]*containerRecord{}, netns: opts.NetNS, netnsForNew: opts.NetNSForNew}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
 	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
-	if opts.NetNS != "" && opts.Config.Network.Mode == config.NetworkTC {
-		att, err := network.Attach(opts.NetNS)
+	if opts.NetNS != "" && opts.Config.Network.Mode != config.NetworkNone {
+		mode := network.TC
+		if opts.Config.Network.Mode == config.NetworkMacvtap {
+			mode = network.Macvtap
+		}
+		att, err := network.Attach(opts.NetNS, mode)
 		switch {
 		case errors.Is(err, network.ErrOwnNamespace):
 			// Nothing of the host's network is handed to a guest.

@@ -106,12 +106,20 @@ func inNamespace(name string) func(*specs.Spec) {
 	}
 }
 
-// TestNetworkThroughTheVM: a container joined to namespace A sees A's
-// interface (name, MTU, address) and routes inside its VM, fetches a file
-// from a server in namespace B across the veth, serves one that B fetches,
-// and its teardown removes the tap and the tc rules from A.
+// TestNetworkThroughTheVM: in each network mode that joins interfaces, a
+// container joined to namespace A sees A's interface (name, MTU, address)
+// and routes inside its VM, fetches a file from a server in namespace B
+// across the veth, serves one that B fetches, and its teardown removes the
+// tap (or macvtap) and any tc rules from A.
 func TestNetworkThroughTheVM(t *testing.T) {
+	for _, mode := range []string{"tc", "macvtap"} {
+		t.Run(mode, func(t *testing.T) { testNetworkThroughTheVM(t, mode) })
+	}
+}
+
+func testNetworkThroughTheVM(t *testing.T, mode string) {
 	e := newEnv(t)
+	e.writeConfig(fmt.Sprintf("[network]\nmode = %q\n", mode))
 	f := newNetFixture(t)
 	if err := os.WriteFile(filepath.Join(f.serverRoot, "hello.txt"), []byte("hello across the veth\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -141,9 +149,14 @@ func TestNetworkThroughTheVM(t *testing.T) {
 	if got := f.fetchFromB(t, fmt.Sprintf("http://%s:8081/index.html", f.addrA)); got != "served-from-the-guest\n" {
 		t.Errorf("fetched %q from the container", got)
 	}
-	links, _ := exec.Command("ip", "-n", f.a, "link").Output()
-	if !strings.Contains(string(links), "husktap0") {
-		t.Errorf("no tap in %s while the container runs:\n%s", f.a, links)
+	links, _ := exec.Command("ip", "-n", f.a, "-d", "link", "show", "husktap0").Output()
+	kind := map[string]string{"tc": "tun type tap", "macvtap": "macvtap mode passthru"}[mode]
+	if !strings.Contains(string(links), kind) {
+		t.Errorf("no %s in %s while the container runs:\n%s", kind, f.a, links)
+	}
+	filters, _ := exec.Command("tc", "-n", f.a, "filter", "show", "dev", f.vethA, "ingress").Output()
+	if redirected := strings.Contains(string(filters), "Redirect to device husktap0"); redirected != (mode == "tc") {
+		t.Errorf("mode %s: tc filters on %s:\n%s", mode, f.vethA, filters)
 	}
 	e.mustRun("delete", "--force", id)
 
