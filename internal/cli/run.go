@@ -17,6 +17,7 @@ import (
 
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
+	"github.com/husk-runtime/husk/internal/network"
 	"github.com/husk-runtime/husk/internal/oci"
 	"github.com/husk-runtime/husk/internal/state"
 )
@@ -405,6 +406,11 @@ func forceDelete(g *globals, id string) {
 	// A daemon still booting its guest serves no requests yet; killing it
 	// takes QEMU and the daemon's mounts with it.
 	endDaemon(store.Dir(id), id, st.Status != state.Creating, st.Daemon, st.QEMU)
+	// A daemon that died (or was just killed) never undid its network:
+	// its taps' redirects, or its macvtaps, are still in the namespace.
+	if netns := sandboxNetNS(st); netns != "" {
+		_ = network.Clear(netns)
+	}
 	oci.StopNetNSHolder(st.NetNSHolder)
 	_ = store.Remove(id)
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -64,9 +65,12 @@ type Attachment struct {
 // --network container:ID names the stand-in's, which is the host's.
 var ErrOwnNamespace = errors.New("the network namespace is the host's own")
 
+// tapPrefix begins the name of every device husk makes in a namespace.
+const tapPrefix = "husktap"
+
 // tapName names the tap of the n-th interface; the namespace is the
 // sandbox's, so the name only has to be unique within it.
-func tapName(n int) string { return fmt.Sprintf("husktap%d", n) }
+func tapName(n int) string { return fmt.Sprintf("%s%d", tapPrefix, n) }
 
 // inNetNS runs fn with the calling thread in the network namespace at path.
 // Netlink requests and the tap's creation act on the thread's namespace.
@@ -307,4 +311,73 @@ func (a *Attachment) Detach() {
 		}
 		return nil
 	})
+}
+
+// Clear removes from the namespace at path what an Attach left there when
+// the process that made it died before its Detach: husk's taps and
+// macvtaps, and the ingress qdiscs of interfaces whose redirects lead to
+// them or to devices that no longer exist (a tap goes with QEMU's last
+// queue; its redirect stays behind). Interfaces that are not husk's keep
+// everything else. The host's own namespace is never touched.
+func Clear(path string) error {
+	return inNetNS(path, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("listing interfaces: %w", err)
+		}
+		ours := map[int]bool{}
+		exists := map[int]bool{}
+		for _, link := range links {
+			attrs := link.Attrs()
+			exists[attrs.Index] = true
+			if isHuskDevice(link) {
+				ours[attrs.Index] = true
+			}
+		}
+		var errs []error
+		for _, link := range links {
+			attrs := link.Attrs()
+			if ours[attrs.Index] || !redirectsToGone(link, ours, exists) {
+				continue
+			}
+			ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: attrs.Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}}
+			if err := netlink.QdiscDel(ingress); err != nil {
+				errs = append(errs, fmt.Errorf("removing the ingress qdisc of %s: %w", attrs.Name, err))
+			}
+		}
+		for _, link := range links {
+			if ours[link.Attrs().Index] {
+				if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+					errs = append(errs, fmt.Errorf("removing %s: %w", link.Attrs().Name, err))
+				}
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// isHuskDevice says whether link is a tap or macvtap Attach made.
+func isHuskDevice(link netlink.Link) bool {
+	return strings.HasPrefix(link.Attrs().Name, tapPrefix) && (link.Type() == "tuntap" || link.Type() == "macvtap")
+}
+
+// redirectsToGone says whether an ingress filter of link redirects to one
+// of husk's devices or to a device index that no longer exists.
+func redirectsToGone(link netlink.Link, ours, exists map[int]bool) bool {
+	filters, err := netlink.FilterList(link, ingressHandle)
+	if err != nil {
+		return false
+	}
+	for _, f := range filters {
+		u32, ok := f.(*netlink.U32)
+		if !ok {
+			continue
+		}
+		for _, action := range u32.Actions {
+			if m, ok := action.(*netlink.MirredAction); ok && (ours[m.Ifindex] || !exists[m.Ifindex]) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -205,3 +205,45 @@ func rxPackets(stats string) bool {
 	}
 	return false
 }
+
+// TestClearAfterALostDetach: what Attach made, left behind by a process
+// that died without Detach (its queue closed, as when QEMU dies), is
+// removed by Clear; an ingress qdisc that is not husk's stays.
+func TestClearAfterALostDetach(t *testing.T) {
+	for _, mode := range []Mode{TC, Macvtap} {
+		path := testNamespace(t)
+		ns := strings.TrimPrefix(path, "/var/run/netns/")
+		// Attach leaves loopback alone: an ingress qdisc there is another's.
+		if out, err := exec.Command("tc", "-n", ns, "qdisc", "add", "dev", "lo", "ingress").CombinedOutput(); err != nil {
+			t.Fatalf("tc: %v: %s", err, out)
+		}
+		a, err := Attach(path, mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ep := range a.Endpoints {
+			ep.TapFile.Close()
+		}
+		leftLinks, _ := exec.Command("ip", "-n", ns, "link").Output()
+		leftQdisc, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "eth7").Output()
+		if left := map[Mode]bool{TC: strings.Contains(string(leftQdisc), "ingress"), Macvtap: strings.Contains(string(leftLinks), tapPrefix)}; !left[mode] {
+			t.Fatalf("mode %d: nothing was left to clear:\n%s\n%s", mode, leftLinks, leftQdisc)
+		}
+		if err := Clear(path); err != nil {
+			t.Fatalf("mode %d: %v", mode, err)
+		}
+		links, _ := exec.Command("ip", "-n", ns, "link").Output()
+		eth7, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "eth7").Output()
+		if strings.Contains(string(links), tapPrefix) || strings.Contains(string(eth7), "ingress") {
+			t.Errorf("mode %d: left after Clear:\n%s\n%s", mode, links, eth7)
+		}
+		if lo, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "lo").Output(); !strings.Contains(string(lo), "ingress") {
+			t.Errorf("mode %d: Clear removed loopback's ingress qdisc:\n%s", mode, lo)
+		}
+		if err := Clear("/proc/self/ns/net"); !errors.Is(err, ErrOwnNamespace) {
+			t.Errorf("Clear of the host's namespace: %v", err)
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+		exec.Command("ip", "netns", "del", strings.Replace(ns, "husk-net-a-", "husk-net-b-", 1)).Run()
+	}
+}

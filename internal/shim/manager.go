@@ -2,6 +2,8 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,7 +21,9 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
 
+	"github.com/husk-runtime/husk/internal/network"
 	"github.com/husk-runtime/husk/internal/oci"
+	"github.com/husk-runtime/husk/internal/state"
 )
 
 // RuntimeName is the runtime name containerd users give (ctr --runtime,
@@ -158,6 +162,17 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if pid > 0 {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	// A shim that died left its sandbox's network as it was: the holder of
+	// its namespace still runs, and the taps' redirects (or macvtaps) are
+	// still in the namespace.
+	if rec, err := readNetworkRecord(dir); err == nil {
+		if rec.NetNS != "" {
+			if err := network.Clear(rec.NetNS); err != nil && !errors.Is(err, network.ErrOwnNamespace) {
+				log.G(ctx).WithError(err).Warn("clearing the sandbox's network namespace")
+			}
+		}
+		oci.StopNetNSHolder(rec.Holder)
+	}
 	if addressErr == nil {
 		_ = shim.RemoveSocket(address)
 	}
@@ -165,6 +180,38 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithError(err).Warn("removing the sandbox's state")
 	}
 	return stopped, nil
+}
+
+// networkFile, in a sandbox's state directory, records what its shim
+// made of the host's network, for clean-up after the shim's death.
+const networkFile = "network.json"
+
+// networkRecord is what networkFile holds.
+type networkRecord struct {
+	// NetNS is the host-side network namespace the sandbox joined.
+	NetNS string `json:"netns,omitempty"`
+	// Holder holds that namespace for the hooks, when they ran.
+	Holder state.Process `json:"holder"`
+}
+
+func writeNetworkRecord(dir string, rec networkRecord) error {
+	data, err := json.Marshal(rec)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, networkFile), data, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("recording the sandbox's network: %w", err)
+	}
+	return nil
+}
+
+func readNetworkRecord(dir string) (networkRecord, error) {
+	var rec networkRecord
+	data, err := os.ReadFile(filepath.Join(dir, networkFile))
+	if err == nil {
+		err = json.Unmarshal(data, &rec)
+	}
+	return rec, err
 }
 
 // shimPID is the pid of the live husk shim a pid file names, or 0.

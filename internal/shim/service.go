@@ -301,6 +301,10 @@ func (s *service) ensureSandbox(sandboxID, netns string, netnsForNew bool, holde
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("recording the shim's pid: %w", err)
 	}
+	if err := writeNetworkRecord(dir, networkRecord{NetNS: netns, Holder: holder}); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	sb, err = sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
 		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns, NetNSForNew: netnsForNew, Resources: resources})
 	if err != nil {

@@ -364,15 +364,23 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 	c := newCtrEnv(t)
 	for _, victim := range []string{"containerd-shim-husk-v2", "qemu-system"} {
 		t.Run(victim, func(t *testing.T) {
+			// The sandbox joins a network namespace of the test's: what
+			// it made there must go too.
+			f := newNetFixture(t)
 			id := c.id()
-			c.mustRun(append(runFlags, "-d", ctrImage, id, "sleep", "600")...)
+			ev := c.watchEvents()
+			c.mustRun(append(runFlags, "-d", "--with-ns", "network:/var/run/netns/"+f.a, ctrImage, id, "sleep", "600")...)
 			c.waitStatus(id, "RUNNING")
+			if !f.joined() {
+				t.Fatalf("the sandbox did not join %s", f.a)
+			}
 			pid := findProcess(t, victim, id)
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			if victim == "qemu-system" {
 				c.waitStatus(id, "STOPPED")
+				ev.waitFor(t, "/tasks/exit", id)
 				if r := c.run("", "task", "delete", id); r.status != 0 || !strings.Contains(r.stderr, "exit code 137") {
 					t.Errorf("task delete after QEMU died: status %d, stderr %q, want exit code 137", r.status, r.stderr)
 				}
@@ -381,6 +389,9 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 				c.waitStatus(id, "")
 			}
 			c.mustRun("container", "delete", id)
+			if left := f.leftovers(); left != "" {
+				t.Errorf("left in the network namespace:\n%s", left)
+			}
 		})
 	}
 }

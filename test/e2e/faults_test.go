@@ -78,21 +78,29 @@ func TestHostProcessKilled(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		fault    string
-		qemuDies bool // before delete
+		netMode  string // how the sandbox joins the test's network namespace
+		qemuDies bool   // before delete
 		inflict  func(t *testing.T, standIn, daemon, qemu int)
 	}{
-		{"qemu", true, kill(func(_, _, qemu int) int { return qemu })},
-		{"daemon", true, kill(func(_, daemon, _ int) int { return daemon })},
-		{"stand-in", false, kill(func(standIn, _, _ int) int { return standIn })},
+		{"qemu", "tc", true, kill(func(_, _, qemu int) int { return qemu })},
+		// A killed daemon never undoes its network: delete --force does.
+		{"daemon", "tc", true, kill(func(_, daemon, _ int) int { return daemon })},
+		{"daemon-macvtap", "macvtap", true, kill(func(_, daemon, _ int) int { return daemon })},
+		{"stand-in", "tc", false, kill(func(standIn, _, _ int) int { return standIn })},
 		// The guest can no longer be reached: it ends.
-		{"agent-channel", true, func(t *testing.T, _, daemon, qemu int) { severAgentChannel(t, daemon, qemu) }},
+		{"agent-channel", "tc", true, func(t *testing.T, _, daemon, qemu int) { severAgentChannel(t, daemon, qemu) }},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
 			e := newEnv(t)
+			e.writeConfig(fmt.Sprintf("[network]\nmode = %q\n", tc.netMode))
+			f := newNetFixture(t)
 			reapStandIns(t)
 			id := e.id()
-			standIn := e.create(id)
+			standIn := e.createWith(id, inNamespace(f.a))
 			e.start(id)
+			if !f.joined() {
+				t.Fatalf("the sandbox did not join %s", f.a)
+			}
 			daemon, qemu := e.sandboxPIDs(id)
 			tc.inflict(t, standIn, daemon, qemu)
 			if status := waitExitStatus(t, standIn); status != 137 {
@@ -105,7 +113,10 @@ func TestHostProcessKilled(t *testing.T) {
 				status, _ := e.state(id)
 				return status == "stopped"
 			})
-			e.mustRun("delete", id)
+			e.mustRun("delete", "--force", id)
+			if left := f.leftovers(); left != "" {
+				t.Errorf("left in the network namespace after delete --force:\n%s", left)
+			}
 		})
 	}
 }

@@ -65,6 +65,24 @@ func newNetFixture(t *testing.T) *netFixture {
 	return f
 }
 
+// joined says whether a sandbox has joined namespace A: its tap or
+// macvtap is there.
+func (f *netFixture) joined() bool {
+	links, _ := exec.Command("ip", "-n", f.a, "link").Output()
+	return strings.Contains(string(links), "husktap")
+}
+
+// leftovers describes what a sandbox left in namespace A: taps, macvtaps
+// and the ingress qdisc of A's interface ("" for nothing).
+func (f *netFixture) leftovers() string {
+	links, _ := exec.Command("ip", "-n", f.a, "link").Output()
+	qdiscs, _ := exec.Command("tc", "-n", f.a, "qdisc", "show", "dev", f.vethA).Output()
+	if !strings.Contains(string(links), "husktap") && !strings.Contains(string(qdiscs), "ingress") {
+		return ""
+	}
+	return string(links) + string(qdiscs)
+}
+
 // serveFromB runs busybox's HTTP server in namespace B until the test ends.
 func (f *netFixture) serveFromB(t *testing.T, port int) {
 	t.Helper()
@@ -161,11 +179,7 @@ func testNetworkThroughTheVM(t *testing.T, mode string) {
 	e.mustRun("delete", "--force", id)
 
 	// Teardown leaves A as it was.
-	waitFor(t, "the tap and tc rules to go", func() bool {
-		links, _ := exec.Command("ip", "-n", f.a, "link").Output()
-		qdiscs, _ := exec.Command("tc", "-n", f.a, "qdisc", "show", "dev", f.vethA).Output()
-		return !strings.Contains(string(links), "husktap") && !strings.Contains(string(qdiscs), "ingress")
-	})
+	waitFor(t, "the tap and tc rules to go", func() bool { return f.leftovers() == "" })
 }
 
 // TestNetworkModeNone: with network.mode = "none" the container has
