@@ -31,14 +31,14 @@ func newCtrEnv(t *testing.T) *ctrEnv {
 	requireGuest(t)
 	ns := os.Getenv("HUSK_TEST_CTR_NAMESPACE")
 	if ns == "" {
-		t.Skip("HUSK_TEST_CTR_NAMESPACE is not set: run scripts/start-services.sh (make test does)")
+		skipUnlessRequired(t, "HUSK_TEST_CTR_NAMESPACE is not set: run scripts/start-services.sh (make test does)")
 	}
 	if _, err := exec.LookPath("ctr"); err != nil {
-		t.Skip("needs ctr (apt-get install containerd)")
+		skipUnlessRequired(t, "needs ctr (apt-get install containerd)")
 	}
 	c := &ctrEnv{t: t, namespace: ns}
 	if r := c.run("", "images", "check", "name=="+ctrImage); r.status != 0 || !strings.Contains(r.stdout, "complete") {
-		t.Skipf("containerd has no %s in namespace %s: %s %s", ctrImage, ns, r.stdout, r.stderr)
+		skipUnlessRequired(t, "containerd has no %s in namespace %s: %s %s", ctrImage, ns, r.stdout, r.stderr)
 	}
 	return c
 }
@@ -171,7 +171,7 @@ func TestCtrRun(t *testing.T) {
 func TestCtrTerminal(t *testing.T) {
 	c := newCtrEnv(t)
 	if _, err := exec.LookPath("script"); err != nil {
-		t.Skip("needs script(1) from bsdutils for a pty")
+		skipUnlessRequired(t, "needs script(1) from bsdutils for a pty")
 	}
 	id := c.id()
 	cmd := exec.Command("script", "-qec", fmt.Sprintf("ctr -n %s run --runtime io.containerd.husk.v2 --rm -t %s %s sh -c 'tty; echo run-tty-ok'", c.namespace, ctrImage, id), "/dev/null")
@@ -327,8 +327,33 @@ func metric(out, name string) string {
 func TestCtrKillAll(t *testing.T) {
 	c := newCtrEnv(t)
 	id := c.id()
-	c.mustRun(append(runFlags, "-d", ctrImage, id, "sh", "-c", "sleep 600 & sleep 600 & wait")...)
+	// The shell handles USR1 and lives on; its children (a handler is not
+	// inherited across exec) die of it.
+	c.mustRun(append(runFlags, "-d", ctrImage, id, "sh", "-c", "trap 'echo usr1' USR1; sleep 600 & while true; do sleep 0.2; done")...)
 	c.waitStatus(id, "RUNNING")
+	sleeperAlive := func() bool {
+		ps := c.mustRun("task", "exec", "--exec-id", fmt.Sprintf("ps%d", time.Now().UnixNano()), id, "ps", "-o", "args")
+		for _, line := range strings.Split(ps, "\n") {
+			if strings.TrimSpace(line) == "sleep 600" { // not the shell, whose script names it
+				return true
+			}
+		}
+		return false
+	}
+	if !sleeperAlive() {
+		t.Fatal("no sleep 600 in the container")
+	}
+	// Without --all only the init process gets the signal.
+	c.mustRun("task", "kill", "-s", "SIGUSR1", id)
+	time.Sleep(500 * time.Millisecond)
+	if !sleeperAlive() {
+		t.Error("kill without --all reached a process other than init")
+	}
+	c.mustRun("task", "kill", "--all", "-s", "SIGUSR1", id)
+	waitFor(t, "kill --all to reach sleep 600", func() bool { return !sleeperAlive() })
+	if status := c.taskStatus(id); status != "RUNNING" {
+		t.Errorf("init handles USR1, but the task is %q", status)
+	}
 	c.mustRun("task", "kill", "--all", "-s", "SIGKILL", id)
 	c.waitStatus(id, "STOPPED")
 	c.mustRun("task", "delete", id)

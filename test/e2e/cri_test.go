@@ -24,14 +24,14 @@ func newCRIEnv(t *testing.T) *criEnv {
 	requireGuest(t)
 	config := os.Getenv("HUSK_TEST_CRICTL_CONFIG")
 	if config == "" {
-		t.Skip("HUSK_TEST_CRICTL_CONFIG is not set: run scripts/start-services.sh (make test does)")
+		skipUnlessRequired(t, "HUSK_TEST_CRICTL_CONFIG is not set: run scripts/start-services.sh (make test does)")
 	}
 	if _, err := exec.LookPath("crictl"); err != nil {
-		t.Skip("needs crictl (scripts/install-deps.sh installs it)")
+		skipUnlessRequired(t, "needs crictl (scripts/install-deps.sh installs it)")
 	}
 	c := &criEnv{t: t, config: config}
 	if r := c.run("", "info"); r.status != 0 || !strings.Contains(r.stdout, `"husk"`) {
-		t.Skipf("the CRI has no husk runtime handler: %s %s", r.stdout, r.stderr)
+		skipUnlessRequired(t, "the CRI has no husk runtime handler: %s %s", r.stdout, r.stderr)
 	}
 	return c
 }

@@ -21,7 +21,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 	requireGuest(t)
 	host := os.Getenv("HUSK_TEST_DOCKER_HOST")
 	if host == "" {
-		t.Skip("HUSK_TEST_DOCKER_HOST is not set: run scripts/start-services.sh (make test does)")
+		skipUnlessRequired(t, "HUSK_TEST_DOCKER_HOST is not set: run scripts/start-services.sh (make test does)")
 	}
 	d := &dockerEnv{t: t, host: host}
 	// Whatever the test ran, no sandbox of this dockerd may outlive it: the
@@ -29,7 +29,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 	// (daemon and stand-in command lines, QEMU's console path).
 	t.Cleanup(func() { checkNoSandbox(t, "/runtime-runc/") })
 	if r := d.run("", "info", "--format", "{{json .Runtimes}}"); r.status != 0 || !strings.Contains(r.stdout, "husk") {
-		t.Skipf("dockerd at %s has no husk runtime: %s %s", host, r.stdout, r.stderr)
+		skipUnlessRequired(t, "dockerd at %s has no husk runtime: %s %s", host, r.stdout, r.stderr)
 	}
 	return d
 }
@@ -107,7 +107,7 @@ func hostKernel() string {
 func TestDockerRunTerminal(t *testing.T) {
 	d := newDockerEnv(t)
 	if _, err := exec.LookPath("script"); err != nil {
-		t.Skip("needs script(1) from bsdutils for a pty")
+		skipUnlessRequired(t, "needs script(1) from bsdutils for a pty")
 	}
 	cmd := exec.Command("script", "-qec", "docker -H "+d.host+" run --runtime husk --rm -t busybox:local sh -c 'tty; stty size'", "/dev/null")
 	out, err := cmd.Output()
@@ -194,7 +194,7 @@ func TestDockerKillAndRemove(t *testing.T) {
 func TestDockerExecTerminal(t *testing.T) {
 	d := newDockerEnv(t)
 	if _, err := exec.LookPath("script"); err != nil {
-		t.Skip("needs script(1) from bsdutils for a pty")
+		skipUnlessRequired(t, "needs script(1) from bsdutils for a pty")
 	}
 	id := d.mustRun("run", "--runtime", "husk", "-d", "busybox:local", "sleep", "600")
 	defer d.run("", "rm", "-f", id)

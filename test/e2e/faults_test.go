@@ -193,7 +193,7 @@ func TestStateRootFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=64k"); err != nil {
-		t.Skipf("cannot mount a small tmpfs: %v", err)
+		skipUnlessRequired(t, "cannot mount a small tmpfs: %v", err)
 	}
 	defer unix.Unmount(root, unix.MNT_DETACH)
 	filler, _ := os.Create(filepath.Join(root, "filler"))
@@ -235,7 +235,7 @@ func severAgentChannel(t *testing.T, daemon, qemu int) {
 	}
 	pidfd, err := unix.PidfdOpen(daemon, 0)
 	if err != nil {
-		t.Skipf("pidfd_open: %v", err)
+		skipUnlessRequired(t, "pidfd_open: %v", err)
 	}
 	defer unix.Close(pidfd)
 	for _, ent := range entries {
@@ -247,7 +247,7 @@ func severAgentChannel(t *testing.T, daemon, qemu int) {
 		target, _ := strconv.Atoi(ent.Name())
 		fd, err := unix.PidfdGetfd(pidfd, target, 0)
 		if err != nil {
-			t.Skipf("pidfd_getfd: %v", err)
+			skipUnlessRequired(t, "pidfd_getfd: %v", err)
 		}
 		defer unix.Close(fd)
 		if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil {

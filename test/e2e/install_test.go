@@ -46,7 +46,7 @@ func TestInstallAndPackage(t *testing.T) {
 	}
 
 	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("needs dpkg-deb for make deb")
+		skipUnlessRequired(t, "needs dpkg-deb for make deb")
 	}
 	if out, err := exec.Command("make", "-C", repo, "deb").CombinedOutput(); err != nil {
 		t.Fatalf("make deb: %v\n%s", err, out)

@@ -31,7 +31,7 @@ func newNetFixture(t *testing.T) *netFixture {
 	t.Helper()
 	for _, tool := range []string{"ip", "tc"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (apt-get install iproute2)", tool)
+			skipUnlessRequired(t, "needs %s (apt-get install iproute2)", tool)
 		}
 	}
 	netSeq++

@@ -15,10 +15,10 @@ func podman(t *testing.T, stdin string, args ...string) result {
 func TestPodman(t *testing.T) {
 	requireGuest(t)
 	if _, err := exec.LookPath("podman"); err != nil {
-		t.Skip("needs podman (apt-get install podman)")
+		skipUnlessRequired(t, "needs podman (apt-get install podman)")
 	}
 	if r := podman(t, "", "image", "exists", "localhost/busybox:local"); r.status != 0 {
-		t.Skip("needs the localhost/busybox:local image: run scripts/start-services.sh (make test does)")
+		skipUnlessRequired(t, "needs the localhost/busybox:local image: run scripts/start-services.sh (make test does)")
 	}
 	// This host's hard limits are below podman's defaults, with runc too.
 	run := []string{"run", "--rm", "--network=none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"}
