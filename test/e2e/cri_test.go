@@ -17,6 +17,8 @@ import (
 type criEnv struct {
 	t      *testing.T
 	config string
+	// containers are those startContainer made, for the leak check.
+	containers []string
 }
 
 func newCRIEnv(t *testing.T) *criEnv {
@@ -114,8 +116,17 @@ func (c *criEnv) newPod() (podID, podConfig, dir string) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		if mounts, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(mounts), podID) {
-			t.Errorf("a mount of the pod is left:\n%s", mounts)
+		mounts, _ := os.ReadFile("/proc/self/mounts")
+		for _, id := range append([]string{podID}, c.containers...) {
+			if strings.Contains(string(mounts), id) {
+				t.Errorf("a mount of %s is left:\n%s", id, mounts)
+			}
+		}
+		if pods := c.mustRun("pods", "-q", "--id", podID); pods != "" {
+			t.Errorf("the CRI still lists the pod: %q", pods)
+		}
+		if ctrs := c.mustRun("ps", "-a", "-q", "--pod", podID); ctrs != "" {
+			t.Errorf("the CRI still lists the pod's containers: %q", ctrs)
 		}
 	})
 	return podID, podConfig, dir
@@ -132,6 +143,7 @@ func (c *criEnv) startContainer(podID, podConfig, dir, name string, command ...s
 		"linux":    map[string]any{},
 	})
 	id := c.mustRun("create", podID, spec, podConfig)
+	c.containers = append(c.containers, id)
 	c.mustRun("start", id)
 	return id
 }
@@ -205,6 +217,15 @@ func TestCRIPodOfTwoContainers(t *testing.T) {
 		if v := s.CPU.UsageCoreNanoSeconds.Value; v == "" || v == "0" {
 			t.Errorf("container %s: cpu usage %q in %s", id, v, out)
 		}
+	}
+
+	// The kubelet's resource updates reach the container's cgroup in the
+	// guest.
+	c.mustRun("update", "--memory", "67108864", ids[0])
+	// Without a cgroup namespace (the CRI's default, as under runc) the
+	// container sees the whole hierarchy and finds its own cgroup by path.
+	if got := c.mustRun("exec", ids[0], "sh", "-c", "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"); got != "67108864" {
+		t.Errorf("memory.max after crictl update: %q, want 67108864", got)
 	}
 
 	// Stopping the pod ends its containers and its VM; removing it leaves nothing.
