@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/husk-runtime/husk/internal/config"
@@ -617,9 +618,37 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		st.ExitStatus, st.ExitedAt = 128+9, time.Now()
 	}
 	s.runHooksWarning(t, oci.Poststop, specs.StateStopped, 0)
+	s.endPodWith(sb, r.ID)
 	s.events.publish(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{ContainerID: r.ID, Pid: pid,
 		ExitStatus: uint32(st.ExitStatus), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)})
 	return &taskapi.DeleteResponse{Pid: pid, ExitStatus: uint32(st.ExitStatus), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}, nil
+}
+
+// endPodWith kills the pod's other containers when deleted is its sandbox
+// container: the pod's VM serves the pod as long as its sandbox container
+// exists, as a VM-per-pod runtime is expected to. The kubelet deletes a
+// pod's containers first, so this is for other callers. Their exits are
+// published as usual, and the VM ends once containerd has deleted them.
+func (s *service) endPodWith(sb *sandbox.Sandbox, deleted string) {
+	s.mu.Lock()
+	if deleted != s.sandboxID {
+		s.mu.Unlock()
+		return
+	}
+	var running []string
+	for id, t := range s.tasks {
+		if t.started {
+			running = append(running, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range running {
+		if st, err := sb.Status(id, ""); err == nil && !st.Exited {
+			if err := sb.Kill(id, "", int(unix.SIGKILL), true); err != nil && !isNotRunning(err) {
+				s.log.Warn("ending a container of the pod whose sandbox container was deleted", "container", id, "err", err)
+			}
+		}
+	}
 }
 
 func (s *service) deleteExec(sb *sandbox.Sandbox, t *taskRecord, execID string) (*taskapi.DeleteResponse, error) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/husk-runtime/husk/internal/oci"
 )
 
 // ctrImage is the busybox image scripts/start-services.sh imports into the
@@ -419,6 +424,77 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 			}
 		})
 	}
+}
+
+// specFile writes a complete spec for `ctr run --config`: a busybox bundle
+// of its own whose root path is absolute, changed by edit.
+func (c *ctrEnv) specFile(edit func(*specs.Spec), args ...string) string {
+	c.t.Helper()
+	e := &env{t: c.t, root: c.t.TempDir()} // only for its bundle helper
+	b := e.bundle(edit, args...)
+	spec, err := oci.ReadSpec(b)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	spec.Root.Path = filepath.Join(b, "rootfs")
+	data, err := json.Marshal(spec)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(b, "config.json"), data, 0o644)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return filepath.Join(b, "config.json")
+}
+
+// TestCtrPodEndsWithItsSandbox: containers that carry the CRI's pod
+// annotations share their sandbox container's VM, and deleting the sandbox
+// container ends the pod's other containers with it.
+func TestCtrPodEndsWithItsSandbox(t *testing.T) {
+	c := newCtrEnv(t)
+	sandboxID, memberID := c.id(), c.id()
+	annotate := func(kind string) func(*specs.Spec) {
+		return func(s *specs.Spec) {
+			s.Annotations = map[string]string{"io.kubernetes.cri.container-type": kind, "io.kubernetes.cri.sandbox-id": sandboxID}
+		}
+	}
+	c.mustRun(append(runFlags, "-d", "--config", c.specFile(annotate("sandbox"), "sleep", "600"), sandboxID)...)
+	defer c.checkNoLeaks(sandboxID)
+	defer c.remove(memberID)
+	c.waitStatus(sandboxID, "RUNNING")
+	c.mustRun(append(runFlags, "-d", "--config", c.specFile(annotate("container"), "sleep", "600"), memberID)...)
+	c.waitStatus(memberID, "RUNNING")
+	stateDir := filepath.Join("/run/husk/containerd", c.namespace, sandboxID)
+	if qemus := countProcesses(t, "qemu-system", stateDir+"/"); qemus != 1 {
+		t.Fatalf("%d QEMU processes for the pod, want 1", qemus)
+	}
+	ev := c.watchEvents()
+	c.mustRun("task", "kill", "-s", "SIGKILL", sandboxID)
+	c.waitStatus(sandboxID, "STOPPED")
+	c.mustRun("task", "delete", sandboxID)
+	ev.waitFor(t, "/tasks/exit", memberID)
+	c.waitStatus(memberID, "STOPPED")
+	if r := c.run("", "task", "delete", memberID); r.status != 0 || !strings.Contains(r.stderr, "exit code 137") {
+		t.Errorf("task delete of the pod's other container: status %d, stderr %q, want exit code 137", r.status, r.stderr)
+	}
+	c.mustRun("container", "delete", memberID)
+}
+
+// countProcesses counts the processes whose command line holds program
+// and the string in.
+func countProcesses(t *testing.T, program, in string) int {
+	t.Helper()
+	out, err := exec.Command("ps", "-eo", "args").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, program) && strings.Contains(line, in) {
+			n++
+		}
+	}
+	return n
 }
 
 // findProcess finds the pid of the named program serving container id.

@@ -9,8 +9,6 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	"github.com/husk-runtime/husk/internal/oci"
 )
 
 // writeHook writes an executable shell script and returns its path.
@@ -160,7 +158,6 @@ func TestHooksInTheContainerRefused(t *testing.T) {
 // run.
 func TestCtrHooksPrepareTheNetwork(t *testing.T) {
 	c := newCtrEnv(t)
-	e := &env{t: t, root: t.TempDir()} // only for its bundle helper
 	f := newNetFixture(t)
 	const port = 18095
 	if err := os.WriteFile(filepath.Join(f.serverRoot, "greeting"), []byte("hello through the shim\n"), 0o644); err != nil {
@@ -168,19 +165,9 @@ func TestCtrHooksPrepareTheNetwork(t *testing.T) {
 	}
 	f.serveFromB(t, port)
 	dir := t.TempDir()
-	b := e.bundle(func(s *specs.Spec) {
+	specPath := c.specFile(func(s *specs.Spec) {
 		s.Hooks = networkHooks(t, dir, f)
 	}, "wget", "-q", "-O", "-", fmt.Sprintf("http://%s:%d/greeting", f.addrB, port))
-	specPath := filepath.Join(b, "config.json")
-	spec, err := oci.ReadSpec(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Root.Path = filepath.Join(b, "rootfs")
-	data, _ := json.Marshal(spec)
-	if err := os.WriteFile(specPath, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	id := c.id()
 	r := c.run("", append(runFlags, "--rm", "--config", specPath, id)...)
 	if r.status != 0 || r.stdout != "hello through the shim\n" {
