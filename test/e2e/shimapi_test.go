@@ -18,7 +18,7 @@ import (
 )
 
 // TestShimErrorClasses: the shim's Task API, dialled as containerd dials
-// it, answers unknown ids, a second create of a running container, an
+// it, names its processes on Connect and answers unknown ids, a second create of a running container, an
 // unsupported checkpoint and an exec into a stopped task with errors of
 // the errdefs class containerd acts on. ctr cannot send most of these: its
 // own metadata store refuses them first.
@@ -43,6 +43,15 @@ func TestShimErrorClasses(t *testing.T) {
 	tasks := taskapi.NewTaskClient(client)
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), c.namespace), time.Minute)
 	defer cancel()
+
+	// Connect names the shim and the task's process: its VM's QEMU.
+	conn2, err := tasks.Connect(ctx, &taskapi.ConnectRequest{ID: id})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	if shimPID, qemuPID := findProcess(t, "containerd-shim-husk-v2", id), findProcess(t, "qemu-system", id); int(conn2.ShimPid) != shimPID || int(conn2.TaskPid) != qemuPID {
+		t.Errorf("connect: shim %d, task %d; want the shim %d and QEMU %d", conn2.ShimPid, conn2.TaskPid, shimPID, qemuPID)
+	}
 
 	execSpec, err := protobuf.MarshalAnyToProto(&specs.Process{Args: []string{"true"}, Cwd: "/"})
 	if err != nil {
