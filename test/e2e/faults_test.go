@@ -91,9 +91,9 @@ func TestHostProcessKilled(t *testing.T) {
 		{"agent-channel", "tc", true, func(t *testing.T, _, daemon, qemu int) { severAgentChannel(t, daemon, qemu) }},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
+			f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 			e := newEnv(t)
 			e.writeConfig(fmt.Sprintf("[network]\nmode = %q\n", tc.netMode))
-			f := newNetFixture(t)
 			reapStandIns(t)
 			id := e.id()
 			standIn := e.createWith(id, inNamespace(f.a))

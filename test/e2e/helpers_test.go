@@ -162,7 +162,11 @@ func (e *env) bundle(edit func(*specs.Spec), args ...string) string {
 }
 
 // checkNoLeaks fails the test if anything of its sandboxes is left: a QEMU
-// or daemon process, a state directory, or a mount under its state root.
+// or daemon process, a state directory, a mount under its state root, or a
+// tap or macvtap in the host's own network namespace (where husk must never
+// make one). What a sandbox made in a test's namespace is checked by
+// netFixture's clean-up; descriptors of the long-lived daemons (dockerd,
+// containerd) by the load tests, where a leak would add up.
 func (e *env) checkNoLeaks() {
 	t := e.t
 	deadline := time.Now().Add(5 * time.Second)
@@ -185,6 +189,9 @@ func (e *env) checkNoLeaks() {
 			if strings.Contains(line, e.root) {
 				leaks = append(leaks, "mount: "+line)
 			}
+		}
+		if links, _ := exec.Command("ip", "-o", "link").Output(); strings.Contains(string(links), "husktap") {
+			leaks = append(leaks, "a husk device in the host's network namespace:\n"+string(links))
 		}
 		if len(leaks) == 0 || time.Now().After(deadline) {
 			break

@@ -86,8 +86,8 @@ func checkHookStates(t *testing.T, dir, id string) specs.State {
 // poststart and poststop hooks see the container running and stopped. The
 // namespace's holder is gone afterwards.
 func TestHooksPrepareTheNetwork(t *testing.T) {
+	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
-	f := newNetFixture(t)
 	const port = 18093
 	if err := os.WriteFile(filepath.Join(f.serverRoot, "greeting"), []byte("hello across the hook's veth\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -87,8 +87,8 @@ func TestJoinAnotherContainersNetwork(t *testing.T) {
 // of taps and redirects on the same interface: it reaches the next
 // namespace over the first one's interface, and no second QEMU starts.
 func TestSecondContainerInTheSameNamespaceJoins(t *testing.T) {
+	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
-	f := newNetFixture(t)
 	const port = 18094
 	if err := os.WriteFile(filepath.Join(f.serverRoot, "x"), []byte("across the shared interface\n"), 0o644); err != nil {
 		t.Fatal(err)

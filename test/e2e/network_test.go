@@ -42,7 +42,13 @@ func newNetFixture(t *testing.T) *netFixture {
 		serverRoot: t.TempDir(),
 	}
 	vethB := fmt.Sprintf("hk%db", netSeq)
+	// The leak check for what husk makes in a namespace: the tests that
+	// use an env make the fixture first, so this runs after the env has
+	// deleted their containers.
 	t.Cleanup(func() {
+		if left := f.leftovers(); left != "" {
+			t.Errorf("left in %s after the test:\n%s", f.a, left)
+		}
 		exec.Command("ip", "netns", "del", f.a).Run()
 		exec.Command("ip", "netns", "del", f.b).Run()
 	})
@@ -136,9 +142,9 @@ func TestNetworkThroughTheVM(t *testing.T) {
 }
 
 func testNetworkThroughTheVM(t *testing.T, mode string) {
+	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
 	e.writeConfig(fmt.Sprintf("[network]\nmode = %q\n", mode))
-	f := newNetFixture(t)
 	if err := os.WriteFile(filepath.Join(f.serverRoot, "hello.txt"), []byte("hello across the veth\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -185,8 +191,8 @@ func testNetworkThroughTheVM(t *testing.T, mode string) {
 // TestNetworkModeNone: with network.mode = "none" the container has
 // loopback only, whatever namespace its spec names.
 func TestNetworkModeNone(t *testing.T) {
+	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
-	f := newNetFixture(t)
 	e.writeConfig("[network]\nmode = \"none\"\n")
 	b := e.bundle(inNamespace(f.a), "ls", "/sys/class/net")
 	r := e.run("", "run", "--bundle", b, e.id())

@@ -177,6 +177,7 @@ func TestWarmPool(t *testing.T) {
 // and the pooled sandbox stays ready; a namespace with loopback only takes
 // the pooled one.
 func TestWarmPoolMisfits(t *testing.T) {
+	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newPoolEnv(t, 1)
 	pooled := e.fillPool()[0]
 	limit := int64(64 << 20)
@@ -187,7 +188,6 @@ func TestWarmPoolMisfits(t *testing.T) {
 		t.Errorf("a container with a memory limit took the pooled sandbox")
 	}
 
-	f := newNetFixture(t)
 	if qemu := e.createStartWait(e.id(), inNamespace(f.a), "true"); qemu == pooled.QEMU {
 		t.Errorf("a container with a veth in its namespace took the pooled sandbox")
 	}
