@@ -20,8 +20,10 @@ var ErrInvalidID = errors.New("invalid container id")
 
 var idPattern = regexp.MustCompile(`^[\w+\-.]+$`)
 
-// maxIDLength keeps ids usable as file names and in unix socket paths' parents.
-const maxIDLength = 1024
+// maxIDLength keeps ids usable as file names: an id names its state
+// directory and, with this suffix, its kept console log, and a file name
+// has at most 255 bytes (NAME_MAX).
+const maxIDLength = 255 - len(".console.log")
 
 // ValidateID accepts the ids runc accepts: letters, digits, '_', '+', '-', '.',
 // never "." or "..".

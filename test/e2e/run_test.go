@@ -220,13 +220,21 @@ func TestBadInputLeavesNothing(t *testing.T) {
 		"malformed config": {"run", "--bundle", malformed, e.id()},
 		"path-like id":     {"run", "--bundle", good, "../x"},
 		"empty id":         {"run", "--bundle", good, ""},
-		"no id":            {"run", "--bundle", good},
+		"dot id":           {"run", "--bundle", good, "."},
+		"dot-dot id":       {"run", "--bundle", good, ".."},
+		"slash id":         {"run", "--bundle", good, "a/b"},
+		"1 KiB id":         {"run", "--bundle", good, strings.Repeat("a", 1024)},
+		"non-UTF-8 id":     {"run", "--bundle", good, "bad\xff\xfeid"},
+		"no id given":      {"run", "--bundle", good},
 		"unknown state":    {"state", "no-such-container"},
 		"unknown delete":   {"delete", "no-such-container"},
 	} {
 		r := e.run("", args...)
 		if r.status != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || r.stderr == "" {
 			t.Errorf("%s: status %d, stderr %q; want exit 1 and one line", name, r.status, r.stderr)
+		}
+		if strings.HasSuffix(name, " id") && !strings.Contains(r.stderr, "invalid container id") {
+			t.Errorf("%s: stderr %q does not say the id is invalid", name, r.stderr)
 		}
 	}
 }
