@@ -206,13 +206,16 @@ func (s Store) read(id string) (*State, error) {
 }
 
 // Load reads the state and corrects its status by what is alive: without a
-// live daemon the container cannot be running.
+// live daemon the container cannot be running, and a container whose
+// stand-in has gone has stopped (the stand-in exits with the container's
+// process, and a killed one takes the process with it) even when its daemon
+// could not record that, as with a full disk.
 func (s Store) Load(id string) (*State, error) {
 	st, err := s.read(id)
 	if err != nil {
 		return nil, err
 	}
-	if st.Status != Stopped && st.Status != Creating && !st.Daemon.Alive() {
+	if st.Status != Stopped && st.Status != Creating && (!st.Daemon.Alive() || st.StandIn.PID != 0 && !st.StandIn.Alive()) {
 		st.Status = Stopped
 	}
 	return st, nil

@@ -64,6 +64,32 @@ func TestDeadDaemonReadsAsStopped(t *testing.T) {
 	}
 }
 
+// TestDeadStandInReadsAsStopped: a live daemon that could not record its
+// container's end (a full disk) does not keep the container running once
+// its stand-in has gone; a live stand-in keeps the recorded status.
+func TestDeadStandInReadsAsStopped(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Skipf("cannot run true: %v", err)
+	}
+	s := Store{Root: t.TempDir()}
+	dead := Process{PID: cmd.Process.Pid, StartTime: 1}
+	for id, standIn := range map[string]Process{"gone": dead, "alive": Self(), "none-yet": {}} {
+		if err := s.Create(&State{ID: id, Status: Running, Daemon: Self(), StandIn: standIn}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[string]Status{"gone": Stopped, "alive": Running, "none-yet": Running} {
+		got, err := s.Load(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status != want {
+			t.Errorf("%s: status = %s, want %s", id, got.Status, want)
+		}
+	}
+}
+
 func TestProcessIdentity(t *testing.T) {
 	self := Self()
 	if !self.Alive() || self.StartTime == 0 {

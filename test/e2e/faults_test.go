@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -209,6 +210,56 @@ func TestStateRootFull(t *testing.T) {
 		t.Fatal("state directory left behind")
 	}
 	os.Remove(filepath.Join(root, "filler"))
+}
+
+// TestStateRootFillsUnderARunningContainer: the state root runs out of
+// space while a container runs. Its end is still reported: the waiter gets
+// the exit status, the container reads stopped, and delete --force removes
+// everything.
+func TestStateRootFillsUnderARunningContainer(t *testing.T) {
+	e := newEnv(t)
+	root := filepath.Join(e.root, "state")
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=8m"); err != nil {
+		skipUnlessRequired(t, "cannot mount a small tmpfs: %v", err)
+	}
+	// Unmounted after the env's clean-up has deleted what is left.
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	reapStandIns(t)
+	id := e.id()
+	standIn := e.create(id)
+	e.start(id)
+	filler, err := os.Create(filepath.Join(root, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := filler.Write(chunk); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	filler.Close()
+	defer os.Remove(filler.Name())
+	e.mustRun("kill", id, "KILL")
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in exit status %d, want 137", status)
+	}
+	waitFor(t, "the container to read stopped", func() bool {
+		status, _ := e.state(id)
+		return status == "stopped"
+	})
+	if r := e.run("", "delete", "--force", id); r.status != 0 {
+		t.Fatalf("delete --force with the state root full: status %d, stderr %q", r.status, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(root, id)); err == nil {
+		t.Error("state directory left behind")
+	}
 }
 
 // severAgentChannel shuts down the daemon's end of the agent channel from
