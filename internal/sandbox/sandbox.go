@@ -258,15 +258,31 @@ func (s *Sandbox) watchVM() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
+	kept := ""
 	for _, c := range s.containers {
 		for execID, p := range c.execs {
 			s.markExited(c, execID, p, exitStatusVMGone, now, false)
 		}
 		if !c.init.hasExited() {
-			s.log.Warn("guest exited under a running container", "container", c.id)
+			// The console log holds the guest's last words (a panic, the
+			// agent's crash); the state directory, and the log with it,
+			// goes at delete.
+			if kept == "" {
+				kept = s.keepConsoleLog()
+			}
+			s.log.Error("the guest ended under a running container", "container", c.id, "console_log", kept)
 		}
 		s.markExited(c, "", c.init, exitStatusVMGone, now, false)
 	}
+}
+
+// keepConsoleLog copies the guest's console log to KeptLogDir, named by the
+// sandbox's state directory (its id), and returns the copy's path.
+func (s *Sandbox) keepConsoleLog() string {
+	s.where.Lock()
+	dir := s.dir
+	s.where.Unlock()
+	return keepConsoleLog(dir, filepath.Base(dir))
 }
 
 // markExited records a process's exit once. s.mu must be held.
@@ -757,8 +773,9 @@ func (s *Sandbox) Stop() {
 	s.network.Detach()
 }
 
-// KeptLogDir keeps the console logs of guests that failed to boot, which
-// would otherwise go with the state directory.
+// KeptLogDir keeps the console logs of guests that failed to boot or ended
+// under a running container, which would otherwise go with the state
+// directory.
 const KeptLogDir = "/var/log/husk"
 
 func keepConsoleLog(dir, id string) string {

@@ -426,6 +426,37 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 	}
 }
 
+// TestCtrGuestDies: the guest dies under a task run through the shim, by
+// its agent crashing or its kernel panicking. The waiting ctr run gets
+// 137, containerd gets the TaskExit event, and nothing is left.
+func TestCtrGuestDies(t *testing.T) {
+	c := newCtrEnv(t)
+	for _, tc := range []struct {
+		fault  string
+		edit   func(*specs.Spec)
+		script string
+		panic  string // what the guest kernel said, in its kept console log
+	}{
+		{"agent-crash", func(s *specs.Spec) {
+			noPIDNamespace(s)
+			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_KILL")
+		}, "sleep 0.5; kill -SEGV 1; sleep 600", "Attempted to kill init"},
+		{"kernel-panic", writableSysrqTrigger, "sleep 0.5; echo c > /proc/sysrq-trigger; sleep 600", "sysrq triggered crash"},
+	} {
+		t.Run(tc.fault, func(t *testing.T) {
+			id := c.id()
+			ev := c.watchEvents()
+			r := c.run("", append(runFlags, "--config", c.specFile(tc.edit, "sh", "-c", tc.script), id)...)
+			if r.status != 137 {
+				t.Errorf("ctr run: status %d, want 137; stderr %q", r.status, r.stderr)
+			}
+			ev.waitFor(t, "/tasks/exit", id)
+			c.checkNoLeaks(id)
+			checkKeptConsoleLog(t, id, tc.panic)
+		})
+	}
+}
+
 // specFile writes a complete spec for `ctr run --config`: a busybox bundle
 // of its own whose root path is absolute, changed by edit.
 func (c *ctrEnv) specFile(edit func(*specs.Spec), args ...string) string {

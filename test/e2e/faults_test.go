@@ -182,7 +182,61 @@ func TestAgentCrash(t *testing.T) {
 	if status, _ := e.state(id); status != "stopped" {
 		t.Fatalf("state after the agent crashed: %s", status)
 	}
-	e.mustRun("delete", id)
+	e.mustRun("delete", "--force", id)
+	checkKeptConsoleLog(t, id, "Kernel panic")
+}
+
+// TestGuestKernelPanic: the guest kernel panics while its agent serves (a
+// container with a writable /proc/sysrq-trigger asks for it). QEMU exits,
+// the waiter gets 137, the container reads stopped, and delete --force
+// removes everything.
+func TestGuestKernelPanic(t *testing.T) {
+	e := newEnv(t)
+	reapStandIns(t)
+	id := e.id()
+	standIn := e.createWith(id, writableSysrqTrigger, "sh", "-c", "echo started; sleep 0.5; echo c > /proc/sysrq-trigger; sleep 600")
+	_, qemu := e.sandboxPIDs(id)
+	e.mustRun("start", id)
+	if status := waitExitStatus(t, standIn); status != 137 {
+		t.Fatalf("stand-in exit status %d, want 137", status)
+	}
+	waitFor(t, "QEMU to exit after the guest panicked", func() bool { return !processAlive(qemu) })
+	if status, _ := e.state(id); status != "stopped" {
+		t.Fatalf("state after the guest kernel panicked: %s", status)
+	}
+	e.mustRun("delete", "--force", id)
+	checkKeptConsoleLog(t, id, "Kernel panic - not syncing: sysrq triggered crash")
+}
+
+// checkKeptConsoleLog checks that the console log of a guest that ended
+// under a running container was kept, past delete, with want in it.
+func checkKeptConsoleLog(t *testing.T, id, want string) {
+	t.Helper()
+	kept := filepath.Join("/var/log/husk", id+".console.log")
+	defer os.Remove(kept)
+	data, err := os.ReadFile(kept)
+	if err != nil {
+		t.Fatalf("the guest's console log was not kept: %v", err)
+	}
+	if !strings.Contains(string(data), want) {
+		t.Errorf("the kept console log lacks %q:\n%s", want, data)
+	}
+}
+
+// writableSysrqTrigger takes /proc/sysrq-trigger out of the spec's
+// read-only and masked paths, where the default spec puts it.
+func writableSysrqTrigger(s *specs.Spec) {
+	without := func(paths []string) []string {
+		var kept []string
+		for _, p := range paths {
+			if p != "/proc/sysrq-trigger" {
+				kept = append(kept, p)
+			}
+		}
+		return kept
+	}
+	s.Linux.ReadonlyPaths = without(s.Linux.ReadonlyPaths)
+	s.Linux.MaskedPaths = without(s.Linux.MaskedPaths)
 }
 
 // TestStateRootFull: with no space left in the state root, create fails with
