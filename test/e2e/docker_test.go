@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,9 @@ func (d *dockerEnv) mustRun(args ...string) string {
 	return strings.TrimSpace(r.stdout)
 }
 
-// checkNoSandbox fails if a VM or daemon of the container is left.
+// checkNoSandbox fails if anything of the container's sandbox is left: a
+// VM, daemon or stand-in, a mount naming it, or its state directory under
+// the runtimes' roots in Docker's exec root.
 func checkNoSandbox(t *testing.T, id string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -62,6 +65,18 @@ func checkNoSandbox(t *testing.T, id string) {
 		for _, line := range strings.Split(string(out), "\n") {
 			if strings.Contains(line, id) && (strings.Contains(line, "qemu-system") || strings.Contains(line, "sandbox-daemon") || strings.Contains(line, "stand-in")) {
 				left = append(left, line)
+			}
+		}
+		mounts, _ := os.ReadFile("/proc/self/mounts")
+		for _, line := range strings.Split(string(mounts), "\n") {
+			if strings.Contains(line, id) {
+				left = append(left, "mount: "+line)
+			}
+		}
+		if execRoot := os.Getenv("HUSK_TEST_DOCKER_EXEC_ROOT"); execRoot != "" {
+			dirs, _ := filepath.Glob(filepath.Join(execRoot, "runtime-*", "*", id))
+			for _, dir := range dirs {
+				left = append(left, "state directory: "+dir)
 			}
 		}
 		if len(left) == 0 {
