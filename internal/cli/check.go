@@ -53,6 +53,9 @@ func newCheckCommand(g *globals) *cobra.Command {
 				report(false, "accelerator", err.Error())
 			} else {
 				report(true, "accelerator", fmt.Sprintf("%s: %s", accel, why))
+				if accel == qemu.AccelTCG && cfg.Hypervisor.Accel != string(qemu.AccelTCG) {
+					warn("hardware virt", "none usable here: guests run under TCG emulation, which boots and runs them several times slower than KVM")
+				}
 			}
 			if release, err := kernelRelease(cfg.Hypervisor.Kernel); err != nil {
 				report(false, "kernel", err.Error())

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,9 +43,23 @@ func newDaemonCommand(g *globals) *cobra.Command {
 				fmt.Fprintln(ready, err)
 				return err
 			}
-			return sandbox.RunDaemon(g.store(), args[0], cfg, ready)
+			return sandbox.RunDaemon(g.store(), args[0], cfg, ready, g.daemonLogger())
 		},
 	}
+}
+
+// daemonLogger is a sandbox daemon's logger. It writes to the daemon's
+// stderr, its daemon.log, in the format --log-format names, at debug level
+// (each control request) with --debug.
+func (g *globals) daemonLogger() *slog.Logger {
+	opts := &slog.HandlerOptions{}
+	if g.debug {
+		opts.Level = slog.LevelDebug
+	}
+	if g.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
 // readyFile is the inherited descriptor on which a child started by husk
@@ -144,6 +159,7 @@ func daemonProcess(g *globals, self string, log *os.File, command, arg string) *
 	if g.debug {
 		args = append(args, "--debug")
 	}
+	args = append(args, "--log-format", g.logFormat)
 	cmd := exec.Command("unshare", append(args, command, arg)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Dir = "/"

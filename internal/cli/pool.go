@@ -49,7 +49,7 @@ func newPoolDaemonCommand(g *globals) *cobra.Command {
 				return err
 			}
 			dir := filepath.Join(pool.Of(g.root).Dir, filepath.Base(args[0]))
-			return sandbox.RunPoolDaemon(g.store(), dir, poolFingerprint(cfg), cfg)
+			return sandbox.RunPoolDaemon(g.store(), dir, poolFingerprint(cfg), cfg, g.daemonLogger())
 		},
 	}
 }

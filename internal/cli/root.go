@@ -14,6 +14,7 @@ import (
 
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/state"
+	"github.com/husk-runtime/husk/internal/version"
 )
 
 // globals are runc's global flags, plus --config.
@@ -80,7 +81,10 @@ func newRoot(g *globals) *cobra.Command {
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			return setupLogging(g)
 		},
+		// husk --version, as runc --version: Docker and others run it.
+		Version: version.Version,
 	}
+	root.SetVersionTemplate(versionText())
 	f := root.PersistentFlags()
 	f.StringVar(&g.root, "root", "/run/husk", "root directory for storage of container state")
 	f.StringVar(&g.logPath, "log", "", "write log to this file (default: stderr)")

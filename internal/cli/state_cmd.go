@@ -157,8 +157,13 @@ func newVersionCommand(g *globals) *cobra.Command {
 		Short: "print husk's version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Printf("husk version %s\nspec: %s\n", version.Version, specs.Version)
+			fmt.Print(versionText())
 			return nil
 		},
 	}
+}
+
+// versionText is what husk version and husk --version print, in runc's form.
+func versionText() string {
+	return fmt.Sprintf("husk version %s\nspec: %s\n", version.Version, specs.Version)
 }

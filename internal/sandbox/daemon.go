@@ -44,11 +44,13 @@ type Daemon struct {
 
 // RunDaemon is the daemon's main. It boots the VM, reports on ready (one
 // line: "ok" or the error), then serves until the sandbox is shut down.
-func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteCloser) error {
+// Its log lines carry the sandbox's id, and the container's where they
+// are about one.
+func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteCloser, log *slog.Logger) error {
 	d := &Daemon{
 		id: id, dir: store.Dir(id), store: store,
 		stopped: make(chan struct{}),
-		log:     slog.New(slog.NewTextHandler(os.Stderr, nil)).With("sandbox", id),
+		log:     log.With("sandbox", id),
 	}
 	err := d.boot(cfg, d.bootOptions(cfg))
 	if err != nil {
@@ -126,11 +128,11 @@ func (d *Daemon) recordProcesses() error {
 // size with no network in the pool slot dir, says so in the slot's
 // description, and serves until a create adopts it, then as RunDaemon
 // does. If its guest ends before, or it is shut down, it removes the slot.
-func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Config) error {
+func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Config, log *slog.Logger) error {
 	d := &Daemon{
 		dir: dir, store: store,
 		stopped: make(chan struct{}),
-		log:     slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pool_slot", filepath.Base(dir)),
+		log:     log.With("pool_slot", filepath.Base(dir)),
 	}
 	// The slot is renamed when a create claims it, or when it is taken out
 	// of the pool to be ended, maybe while the guest boots: from here on
@@ -319,6 +321,7 @@ func stdioOf(req *control.Request, files []*os.File) (Stdio, error) {
 }
 
 func (d *Daemon) handle(req *control.Request, files []*os.File, gone <-chan struct{}) (*control.Reply, error) {
+	d.log.Debug("request", "op", req.Op, "container", req.Container, "exec", req.ExecID)
 	if d.pooled() && req.Op != control.OpAdopt && req.Op != control.OpShutdown {
 		closeFiles(files)
 		return nil, &control.Error{Code: control.CodeInvalid, Message: "a pooled sandbox takes no request before a create adopts it"}

@@ -34,7 +34,8 @@ func metricsOf(statsJSON []byte) (*v2stats.Metrics, error) {
 		Memory: &v2stats.MemoryStat{
 			Usage:      mem.Usage.Usage,
 			UsageLimit: mem.Usage.Limit,
-			// SwapUsage is memory+swap, as cgroup v1 counted it.
+			// Swap alone (memory.swap.current), as containerd reports it
+			// for cgroup v2.
 			SwapUsage:         mem.SwapOnlyUsage.Usage,
 			SwapLimit:         mem.SwapOnlyUsage.Limit,
 			Anon:              stat("anon"),

@@ -3,6 +3,3 @@ package version
 
 // Version is set by the Makefile with -ldflags; "dev" for plain go builds.
 var Version = "dev"
-
-// OCISpec is the OCI runtime-spec version husk implements.
-const OCISpec = "1.2.0"

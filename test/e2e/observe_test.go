@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestEnvReportsVersions: husk env names the configuration it uses and the
+// versions of husk, QEMU, the guest kernel and the agent in the initrd, as
+// JSON and as TOML, each checked against the thing itself.
+func TestEnvReportsVersions(t *testing.T) {
+	e := newEnv(t)
+	r := e.run("", "env", "--format", "json")
+	if r.status != 0 {
+		t.Fatalf("env: status %d, stderr %q", r.status, r.stderr)
+	}
+	var got struct {
+		Config struct {
+			Hypervisor struct{ Kernel, Initrd string }
+			Source     string
+		}
+		Versions map[string]string
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("env --format json: %v\n%s", err, r.stdout)
+	}
+	if got.Config.Source != e.config || got.Config.Hypervisor.Kernel != filepath.Join(buildDir, "vmlinux") {
+		t.Errorf("env names configuration %q with kernel %q; want %q and the build's kernel", got.Config.Source, got.Config.Hypervisor.Kernel, e.config)
+	}
+	v := got.Versions
+	qemuVersion, _ := exec.Command("qemu-system-x86_64", "--version").Output()
+	if v["qemu"] == "" || !strings.Contains(string(qemuVersion), "version "+v["qemu"]) {
+		t.Errorf("qemu version %q, but QEMU says %q", v["qemu"], qemuVersion)
+	}
+	if !regexp.MustCompile(`^6\.1\.\d+`).MatchString(v["kernel"]) {
+		t.Errorf("kernel version %q, want the guest's Linux 6.1", v["kernel"])
+	}
+	huskVersion := e.run("", "--version").stdout
+	if v["husk"] == "" || !strings.Contains(huskVersion, "husk version "+v["husk"]+"\n") {
+		t.Errorf("husk version %q, but husk --version says %q", v["husk"], huskVersion)
+	}
+	if !strings.Contains(v["agent"], "agent API") {
+		t.Errorf("agent version %q names no agent API", v["agent"])
+	}
+	for file, key := range map[string]string{"husk-initrd.img": "initrd_sha256", "vmlinux": "kernel_sha256"} {
+		data, err := os.ReadFile(filepath.Join(buildDir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(data); v[key] != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s %q is not the SHA-256 of %s", key, v[key], file)
+		}
+	}
+	toml := e.run("", "env")
+	if toml.status != 0 || !strings.Contains(toml.stdout, "[versions]") || !strings.Contains(toml.stdout, `qemu = "`+v["qemu"]+`"`) {
+		t.Errorf("env as TOML: status %d:\n%s", toml.status, toml.stdout)
+	}
+}
+
+// TestCheckOnThisHost: husk check passes here, says which accelerator it
+// will use, and warns of TCG exactly when the CPU offers no hardware
+// virtualization; a missing kernel fails it with exit status 1.
+func TestCheckOnThisHost(t *testing.T) {
+	e := newEnv(t)
+	r := e.run("", "check")
+	if r.status != 0 {
+		t.Fatalf("check: status %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	for _, item := range []string{"qemu", "accelerator", "kernel", "initrd", "tun", "cgroups"} {
+		if !regexp.MustCompile(`(?m)^ok +` + item + ` `).MatchString(r.stdout) {
+			t.Errorf("check has no ok line for %s:\n%s", item, r.stdout)
+		}
+	}
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	hardware := regexp.MustCompile(`(?m)^flags\s*:.*\b(vmx|svm)\b`).Match(cpuinfo)
+	if warned := strings.Contains(r.stdout, "warn hardware virt"); warned == hardware {
+		t.Errorf("CPU has vmx/svm: %v, but check warns of TCG: %v\n%s", hardware, warned, r.stdout)
+	}
+	noKernel := filepath.Join(t.TempDir(), "no-kernel.toml")
+	if err := os.WriteFile(noKernel, []byte("[hypervisor]\nkernel = \"/nonexistent/vmlinux\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = runCommand(t, exec.Command(huskBin, "--config", noKernel, "check"), "")
+	if r.status != 1 || !strings.Contains(r.stdout, "FAIL kernel") || !strings.Contains(r.stderr, "check(s) failed") {
+		t.Errorf("check without a kernel: status %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+}
+
+// TestLogFormatJSON: --log with --log-format json gets a command's error as
+// one JSON record, as runc writes it for its callers.
+func TestLogFormatJSON(t *testing.T) {
+	e := newEnv(t)
+	logFile := filepath.Join(t.TempDir(), "husk.log")
+	r := e.run("", "--log", logFile, "--log-format", "json", "state", "no-such-container")
+	if r.status != 1 {
+		t.Fatalf("state of an unknown container: status %d", r.status)
+	}
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct{ Level, Msg string }
+	line := strings.TrimSpace(string(data))
+	if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Level != "error" || !strings.Contains(rec.Msg, "does not exist") {
+		t.Errorf("log %q: %+v %v; want one JSON error record", line, rec, err)
+	}
+}
+
+// TestDaemonLogFields: a sandbox daemon logs in the format --log-format
+// names, with the sandbox's and the container's ids, and its requests at
+// debug level with --debug.
+func TestDaemonLogFields(t *testing.T) {
+	e := newEnv(t)
+	id := e.id()
+	b := e.bundle(nil, "true")
+	if r := e.run("", "--log-format", "json", "--debug", "run", "-d", "--bundle", b, id); r.status != 0 {
+		t.Fatalf("run -d: status %d, stderr %q", r.status, r.stderr)
+	}
+	defer e.run("", "delete", "--force", id)
+	waitFor(t, "the container to stop", func() bool {
+		status, _ := e.state(id)
+		return status == "stopped"
+	})
+	f, err := os.Open(filepath.Join(e.root, "state", id, "daemon.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var rec map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Errorf("daemon.log line is not JSON: %q", sc.Text())
+			continue
+		}
+		if rec["sandbox"] != id {
+			t.Errorf("daemon.log line without sandbox=%s: %q", id, sc.Text())
+		}
+		if rec["container"] == id {
+			seen[rec["msg"].(string)] = true
+		}
+		if rec["level"] == "DEBUG" && rec["msg"] == "request" {
+			seen["debug request"] = true
+		}
+	}
+	for _, want := range []string{"container created", "process exited", "debug request"} {
+		if !seen[want] {
+			t.Errorf("daemon.log has no %q record with container=%s; saw %v", want, id, seen)
+		}
+	}
+}
