@@ -45,6 +45,10 @@ func newCtrEnv(t *testing.T) *ctrEnv {
 	if r := c.run("", "images", "check", "name=="+ctrImage); r.status != 0 || !strings.Contains(r.stdout, "complete") {
 		skipUnlessRequired(t, "containerd has no %s in namespace %s: %s %s", ctrImage, ns, r.stdout, r.stderr)
 	}
+	// Registered first, so it runs last: after the test's own clean-up,
+	// containerd holds no more descriptors than before it.
+	baseline := fdBaselines(t, "containerd")
+	t.Cleanup(func() { baseline.check(t) })
 	return c
 }
 

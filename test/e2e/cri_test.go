@@ -35,6 +35,10 @@ func newCRIEnv(t *testing.T) *criEnv {
 	if r := c.run("", "info"); r.status != 0 || !strings.Contains(r.stdout, `"husk"`) {
 		skipUnlessRequired(t, "the CRI has no husk runtime handler: %s %s", r.stdout, r.stderr)
 	}
+	// Run last, after the pods' clean-up: containerd holds no more
+	// descriptors than before the test.
+	baseline := fdBaselines(t, "containerd")
+	t.Cleanup(func() { baseline.check(t) })
 	return c
 }
 

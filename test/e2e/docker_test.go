@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -17,6 +18,8 @@ type dockerEnv struct {
 	host string
 }
 
+var dockerWarmUp sync.Once
+
 func newDockerEnv(t *testing.T) *dockerEnv {
 	t.Helper()
 	requireGuest(t)
@@ -25,13 +28,20 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 		skipUnlessRequired(t, "HUSK_TEST_DOCKER_HOST is not set: run scripts/start-services.sh (make test does)")
 	}
 	d := &dockerEnv{t: t, host: host}
+	if r := d.run("", "info", "--format", "{{json .Runtimes}}"); r.status != 0 || !strings.Contains(r.stdout, "husk") {
+		skipUnlessRequired(t, "dockerd at %s has no husk runtime: %s %s", host, r.stdout, r.stderr)
+	}
+	// Run last, after the test's own clean-up: dockerd and containerd hold
+	// no more descriptors than before the test. dockerd opens some for good
+	// on its first husk container: one warm-up run comes before the first
+	// baseline.
+	dockerWarmUp.Do(func() { d.run("", "run", "--rm", "--runtime", "husk", "busybox:local", "true") })
+	baseline := fdBaselines(t, "dockerd", "containerd")
+	t.Cleanup(func() { baseline.check(t) })
 	// Whatever the test ran, no sandbox of this dockerd may outlive it: the
 	// runtime root that containerd's shim gives husk names every process
 	// (daemon and stand-in command lines, QEMU's console path).
 	t.Cleanup(func() { checkNoSandbox(t, "/runtime-runc/") })
-	if r := d.run("", "info", "--format", "{{json .Runtimes}}"); r.status != 0 || !strings.Contains(r.stdout, "husk") {
-		skipUnlessRequired(t, "dockerd at %s has no husk runtime: %s %s", host, r.stdout, r.stderr)
-	}
 	return d
 }
 
