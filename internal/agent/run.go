@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
+	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -55,6 +56,14 @@ func Run() error {
 	}
 	svc := NewService(started, PowerOff)
 	svc.debugConsole = params.DebugConsole
+	svc.debug = params.Debug
+	if params.Debug {
+		// libcontainer's own log (each step of a container's setup, with
+		// its time) goes to the console log with the agent's.
+		logrus.SetLevel(logrus.DebugLevel)
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000000", DisableColors: true})
+		logrus.SetOutput(os.Stderr)
+	}
 	server, err := newServer(svc)
 	if err != nil {
 		return err

@@ -33,6 +33,9 @@ type Service struct {
 
 	// debugConsole: the guest was booted to serve DebugConsole.
 	debugConsole bool
+	// debug: the guest was booted with husk.debug; libcontainer's init
+	// logs at debug level too.
+	debug bool
 
 	startedNs, readyNs int64
 	kernelRelease      string
@@ -106,6 +109,9 @@ func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateConta
 	}
 	proc.Init = true
 	proc.LogLevel = "4" // libcontainer's init reports warnings and errors back
+	if s.debug {
+		proc.LogLevel = "5" // and each step of its setup
+	}
 
 	lc, err := libcontainer.Create(stateDir, id, cfg)
 	if err != nil {

@@ -158,3 +158,28 @@ func TestDaemonLogFields(t *testing.T) {
 		}
 	}
 }
+
+// TestDebugLogsContainerSetup: with debug = true the console log holds the
+// agent's log and libcontainer's, step by step, for a container's setup.
+func TestDebugLogsContainerSetup(t *testing.T) {
+	e := newEnv(t)
+	e.writeConfig("[runtime]\ndebug = true\n")
+	id := e.id()
+	if r := e.run("", "run", "-d", "--bundle", e.bundle(nil, "true"), id); r.status != 0 {
+		t.Fatalf("run -d: status %d, stderr %q", r.status, r.stderr)
+	}
+	defer e.run("", "delete", "--force", id)
+	waitFor(t, "the container to stop", func() bool {
+		status, _ := e.state(id)
+		return status == "stopped"
+	})
+	console, err := os.ReadFile(filepath.Join(e.root, "state", id, "console.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"husk-agent: ready", "nsexec container setup", "about to wait on exec fifo"} {
+		if !strings.Contains(string(console), want) {
+			t.Errorf("the debug console log lacks %q", want)
+		}
+	}
+}
