@@ -55,6 +55,16 @@ func attachMacvtap(ep *Endpoint, link netlink.Link) error {
 // private tmpfs. The thread is never unlocked: it exits with its goroutine,
 // and its mounts with it, so nothing is left on the host.
 func openMacvtapQueue(ns netns.NsHandle, name string) (*os.File, error) {
+	f, err := onThrowawayThread(ns, name)
+	if err != nil {
+		return nil, fmt.Errorf("opening macvtap %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// onThrowawayThread runs openQueueOnThisThread on a locked thread that
+// exits afterwards.
+func onThrowawayThread(ns netns.NsHandle, name string) (*os.File, error) {
 	type result struct {
 		file *os.File
 		err  error
@@ -62,14 +72,21 @@ func openMacvtapQueue(ns netns.NsHandle, name string) (*os.File, error) {
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread is never thrown away (Go parks it for
+			// good instead), and /proc/self names its namespaces: it
+			// must not enter others. Held here, it cannot take the
+			// work, which another thread does.
+			f, err := onThrowawayThread(ns, name)
+			runtime.UnlockOSThread()
+			done <- result{f, err}
+			return
+		}
 		f, err := openQueueOnThisThread(ns, name)
 		done <- result{f, err}
 	}()
 	r := <-done
-	if r.err != nil {
-		return nil, fmt.Errorf("opening macvtap %s: %w", name, r.err)
-	}
-	return r.file, nil
+	return r.file, r.err
 }
 
 // openQueueOnThisThread does openMacvtapQueue's work on a locked thread

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -131,9 +132,27 @@ func TestAttachMacvtap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The process's own namespaces (its main thread's, which /proc/self
+	// names) stay where they were, whichever thread opened the queue.
+	ownNS := func() string {
+		net, _ := os.Readlink("/proc/self/ns/net")
+		mnt, _ := os.Readlink("/proc/self/ns/mnt")
+		return net + " " + mnt
+	}
+	own := ownNS()
 	a, err := Attach(path, Macvtap)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		f, err := openMacvtapQueue(mustNS(t, path), a.Endpoints[0].Tap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	if now := ownNS(); now != own {
+		t.Errorf("the process's namespaces moved from %s to %s", own, now)
 	}
 	ep := checkAttachment(t, a)
 	link, _ := exec.Command("ip", "-n", ns, "-d", "link", "show", ep.Tap).Output()
@@ -178,6 +197,16 @@ func TestAttachMacvtap(t *testing.T) {
 	if len(after) != len(before) {
 		t.Errorf("/dev had %d entries, now %d", len(before), len(after))
 	}
+}
+
+func mustNS(t *testing.T, path string) netns.NsHandle {
+	t.Helper()
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
 }
 
 // sendTestFrame writes one broadcast Ethernet frame, behind the virtio-net
