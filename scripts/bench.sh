@@ -220,7 +220,7 @@ PY
 echo "== plot: docs/benchmarks.svg from this run"
 python3 "$top/scripts/bench-plot.py" "$out" "$top/docs/benchmarks.svg"
 
-echo "== volumes (9p) and network (tc redirect): throughput inside husk against runc"
+echo "== volumes (9p) and network (tc redirect, macvtap): throughput inside husk against runc"
 io_work=$(mktemp -d /var/tmp/husk-bench-io.XXXXXX)
 netns_a=husk-bench-a-$$ netns_b=husk-bench-b-$$
 cleanup_io() {
@@ -271,9 +271,15 @@ TMPDIR=/dev/shm iperf3 -c 10.233.0.2 -p 5201 -t 5 -f m -R | awk '/receiver/ {pri
 json.dump(spec, open(path, "w"))
 PY
 : > "$out/io.txt"
-for runtime in husk runc; do
-  rt="$top/build/husk --root /run/husk-bench"
-  [ "$runtime" = runc ] && rt="runc --root /run/runc-bench"
+# husk twice: network.mode "tc" (the default) and "macvtap".
+macvtap_cfg=$out/macvtap.toml
+printf '[network]\nmode = "macvtap"\n' > "$macvtap_cfg"
+for runtime in husk husk-macvtap runc; do
+  case $runtime in
+    husk) rt="$top/build/husk --root /run/husk-bench" ;;
+    husk-macvtap) rt="$top/build/husk --root /run/husk-bench --config $macvtap_cfg" ;;
+    runc) rt="runc --root /run/runc-bench" ;;
+  esac
   $rt run --bundle "$io_work/bundle" "bench-io-$$" </dev/null 2>&1 | sed "s/^/$runtime /" | tee -a "$out/io.txt"
 done
 python3 - "$out/io.txt" <<'PY' | tee "$out/io-summary.txt"
@@ -286,7 +292,7 @@ for line in open(sys.argv[1]):
 def rate(rt, key, mib):
     ms = v.get((rt, key))
     return f"{mib * 1000 / ms:.0f} MiB/s ({ms:.0f} ms)" if ms else "n/a"
-for rt in ("husk", "runc"):
+for rt in ("husk", "husk-macvtap", "runc"):
     print(f"{rt}: volume write 256 MiB {rate(rt, 'write_ms', 256)}, re-read (cached) {rate(rt, 'reread_ms', 256)}; "
           f"10000 file creates {v.get((rt, 'create_ms')):.0f} ms, ls -l of them {v.get((rt, 'stat_ms')):.0f} ms; "
           f"TCP download of 64 MiB from the next namespace {rate(rt, 'tcp_ms', 64)}; "

