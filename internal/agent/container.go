@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/cgroups/fs2"
 	"github.com/opencontainers/runc/libcontainer"
@@ -182,7 +183,7 @@ func (p *pipes) output(stream net.Conn) (*os.File, error) {
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
-		_, _ = io.Copy(stream, r)
+		_ = copyOutput(stream, r)
 		r.Close()
 		stream.Close()
 	}()
@@ -196,6 +197,45 @@ func (p *pipes) output(stream net.Conn) (*os.File, error) {
 		stream.Close()
 	}()
 	return w, nil
+}
+
+// outputLinger is how long copyOutput tops up a read before sending it.
+const outputLinger = time.Millisecond
+
+// copyOutput copies a process's output (a pipe or a terminal master) to its
+// stream until EOF. Each frame on the agent channel costs far more than a
+// read of the pipe, under TCG above all, and a process that writes in small
+// pieces (busybox's head writes 4 KiB at a time) would get a frame per
+// piece: so a read is topped up with whatever else arrives within
+// outputLinger of it, up to the buffer's size. Output is held back by no
+// more than outputLinger.
+func copyOutput(dst io.Writer, src *os.File) error {
+	buf := make([]byte, 128<<10)
+	for {
+		n, err := src.Read(buf)
+		if err == nil && n < len(buf) && src.SetReadDeadline(time.Now().Add(outputLinger)) == nil {
+			for err == nil && n < len(buf) {
+				var m int
+				m, err = src.Read(buf[n:])
+				n += m
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = nil
+			}
+			_ = src.SetReadDeadline(time.Time{})
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // input copies the host's stream into a process's stdin until the host
@@ -219,7 +259,7 @@ func (p *pipes) terminal(master *os.File, stream net.Conn) {
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
-		_, _ = io.Copy(stream, master)
+		_ = copyOutput(stream, master)
 		stream.Close()
 	}()
 	go func() { _, _ = io.Copy(master, stream) }()
