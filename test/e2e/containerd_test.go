@@ -435,18 +435,7 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 // 137, containerd gets the TaskExit event, and nothing is left.
 func TestCtrGuestDies(t *testing.T) {
 	c := newCtrEnv(t)
-	for _, tc := range []struct {
-		fault  string
-		edit   func(*specs.Spec)
-		script string
-		panic  string // what the guest kernel said, in its kept console log
-	}{
-		{"agent-crash", func(s *specs.Spec) {
-			noPIDNamespace(s)
-			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_KILL")
-		}, "sleep 0.5; kill -SEGV 1; sleep 600", "Attempted to kill init"},
-		{"kernel-panic", writableSysrqTrigger, "sleep 0.5; echo c > /proc/sysrq-trigger; sleep 600", "sysrq triggered crash"},
-	} {
+	for _, tc := range guestDeaths {
 		t.Run(tc.fault, func(t *testing.T) {
 			id := c.id()
 			ev := c.watchEvents()

@@ -110,10 +110,7 @@ func TestHostProcessKilled(t *testing.T) {
 			if tc.qemuDies {
 				waitFor(t, "QEMU to be gone", func() bool { return !processAlive(qemu) })
 			}
-			waitFor(t, "the container to read stopped", func() bool {
-				status, _ := e.state(id)
-				return status == "stopped"
-			})
+			e.waitStopped(id)
 			e.mustRun("delete", "--force", id)
 			if left := f.leftovers(); left != "" {
 				t.Errorf("left in the network namespace after delete --force:\n%s", left)
@@ -162,50 +159,46 @@ func noPIDNamespace(s *specs.Spec) {
 	s.Linux.Namespaces = kept
 }
 
-// TestAgentCrash: a container that shares the guest's PID namespace, as
-// root, crashes the agent (PID 1), so the guest kernel panics and QEMU
-// exits. The container is reported stopped (137) and delete cleans up.
-func TestAgentCrash(t *testing.T) {
-	e := newEnv(t)
-	reapStandIns(t)
-	id := e.id()
-	standIn := e.createWith(id, func(s *specs.Spec) {
+// guestDeaths are the ways a container kills its guest in the fault tests:
+// as root sharing the guest's PID namespace it crashes the agent (PID 1),
+// so the guest kernel panics; with a writable /proc/sysrq-trigger it
+// panics the kernel while the agent serves. panic is what the kernel says.
+var guestDeaths = []struct {
+	fault  string
+	edit   func(*specs.Spec)
+	script string
+	panic  string
+}{
+	{"agent-crash", func(s *specs.Spec) {
 		noPIDNamespace(s)
 		s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_KILL")
-	}, "sh", "-c", "echo started; sleep 0.5; kill -SEGV 1; sleep 600")
-	_, qemu := e.sandboxPIDs(id)
-	e.mustRun("start", id)
-	if status := waitExitStatus(t, standIn); status != 137 {
-		t.Fatalf("stand-in exit status %d, want 137", status)
-	}
-	waitFor(t, "QEMU to exit after the guest panicked", func() bool { return !processAlive(qemu) })
-	if status, _ := e.state(id); status != "stopped" {
-		t.Fatalf("state after the agent crashed: %s", status)
-	}
-	e.mustRun("delete", "--force", id)
-	checkKeptConsoleLog(t, id, "Kernel panic")
+	}, "sleep 0.5; kill -SEGV 1; sleep 600", "Attempted to kill init"},
+	{"kernel-panic", writableSysrqTrigger, "sleep 0.5; echo c > /proc/sysrq-trigger; sleep 600", "Kernel panic - not syncing: sysrq triggered crash"},
 }
 
-// TestGuestKernelPanic: the guest kernel panics while its agent serves (a
-// container with a writable /proc/sysrq-trigger asks for it). QEMU exits,
-// the waiter gets 137, the container reads stopped, and delete --force
-// removes everything.
-func TestGuestKernelPanic(t *testing.T) {
-	e := newEnv(t)
-	reapStandIns(t)
-	id := e.id()
-	standIn := e.createWith(id, writableSysrqTrigger, "sh", "-c", "echo started; sleep 0.5; echo c > /proc/sysrq-trigger; sleep 600")
-	_, qemu := e.sandboxPIDs(id)
-	e.mustRun("start", id)
-	if status := waitExitStatus(t, standIn); status != 137 {
-		t.Fatalf("stand-in exit status %d, want 137", status)
+// TestGuestDies: the guest dies under a running container. QEMU exits, the
+// waiter gets 137, the container reads stopped, delete --force removes
+// everything, and the guest's console log, with the panic, is kept.
+func TestGuestDies(t *testing.T) {
+	for _, d := range guestDeaths {
+		t.Run(d.fault, func(t *testing.T) {
+			e := newEnv(t)
+			reapStandIns(t)
+			id := e.id()
+			standIn := e.createWith(id, d.edit, "sh", "-c", d.script)
+			_, qemu := e.sandboxPIDs(id)
+			e.mustRun("start", id)
+			if status := waitExitStatus(t, standIn); status != 137 {
+				t.Fatalf("stand-in exit status %d, want 137", status)
+			}
+			waitFor(t, "QEMU to exit after the guest died", func() bool { return !processAlive(qemu) })
+			if status, _ := e.state(id); status != "stopped" {
+				t.Fatalf("state after the guest died: %s", status)
+			}
+			e.mustRun("delete", "--force", id)
+			checkKeptConsoleLog(t, id, d.panic)
+		})
 	}
-	waitFor(t, "QEMU to exit after the guest panicked", func() bool { return !processAlive(qemu) })
-	if status, _ := e.state(id); status != "stopped" {
-		t.Fatalf("state after the guest kernel panicked: %s", status)
-	}
-	e.mustRun("delete", "--force", id)
-	checkKeptConsoleLog(t, id, "Kernel panic - not syncing: sysrq triggered crash")
 }
 
 // checkKeptConsoleLog checks that the console log of a guest that ended
@@ -304,10 +297,7 @@ func TestStateRootFillsUnderARunningContainer(t *testing.T) {
 	if status := waitExitStatus(t, standIn); status != 137 {
 		t.Fatalf("stand-in exit status %d, want 137", status)
 	}
-	waitFor(t, "the container to read stopped", func() bool {
-		status, _ := e.state(id)
-		return status == "stopped"
-	})
+	e.waitStopped(id)
 	if r := e.run("", "delete", "--force", id); r.status != 0 {
 		t.Fatalf("delete --force with the state root full: status %d, stderr %q", r.status, r.stderr)
 	}

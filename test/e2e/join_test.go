@@ -70,9 +70,9 @@ func TestJoinAnotherContainersNetwork(t *testing.T) {
 
 	// The owner's delete ends the sandbox: the joined container stops.
 	e.mustRun("kill", owner, "KILL")
-	waitFor(t, "the owner to stop", func() bool { status, _ := e.state(owner); return status == "stopped" })
+	e.waitStopped(owner)
 	e.mustRun("delete", owner)
-	waitFor(t, "the joined container to stop", func() bool { status, _ := e.state(joined); return status == "stopped" })
+	e.waitStopped(joined)
 	if r := e.run("", "delete", joined); r.status != 0 {
 		t.Errorf("delete of the joined container: status %d, stderr %q", r.status, r.stderr)
 	}

@@ -94,6 +94,15 @@ func (e *env) start(id string) {
 	})
 }
 
+// waitStopped waits until the container reads stopped.
+func (e *env) waitStopped(id string) {
+	e.t.Helper()
+	waitFor(e.t, id+" to read stopped", func() bool {
+		status, _ := e.state(id)
+		return status == "stopped"
+	})
+}
+
 func processAlive(pid int) bool {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {

@@ -229,10 +229,7 @@ func TestManyCycles(t *testing.T) {
 		step("create", "--bundle", b, id)
 		daemon, _ := e.sandboxPIDs(id)
 		step("start", id)
-		waitFor(t, "the container to stop", func() bool {
-			status, _ := e.state(id)
-			return status == "stopped"
-		})
+		e.waitStopped(id)
 		daemonPeaks = append(daemonPeaks, peakRSS(t, daemon))
 		step("delete", id)
 		cliPeaks = append(cliPeaks, cliPeak)

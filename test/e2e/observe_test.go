@@ -114,21 +114,26 @@ func TestLogFormatJSON(t *testing.T) {
 	}
 }
 
+// runTrueToEnd runs `true` detached with the global flags given and waits
+// until it has stopped; its state directory stays until the test ends.
+func (e *env) runTrueToEnd(flags ...string) (id string) {
+	e.t.Helper()
+	id = e.id()
+	args := append(flags, "run", "-d", "--bundle", e.bundle(nil, "true"), id)
+	if r := e.run("", args...); r.status != 0 {
+		e.t.Fatalf("run -d: status %d, stderr %q", r.status, r.stderr)
+	}
+	e.t.Cleanup(func() { e.run("", "delete", "--force", id) })
+	e.waitStopped(id)
+	return id
+}
+
 // TestDaemonLogFields: a sandbox daemon logs in the format --log-format
 // names, with the sandbox's and the container's ids, and its requests at
 // debug level with --debug.
 func TestDaemonLogFields(t *testing.T) {
 	e := newEnv(t)
-	id := e.id()
-	b := e.bundle(nil, "true")
-	if r := e.run("", "--log-format", "json", "--debug", "run", "-d", "--bundle", b, id); r.status != 0 {
-		t.Fatalf("run -d: status %d, stderr %q", r.status, r.stderr)
-	}
-	defer e.run("", "delete", "--force", id)
-	waitFor(t, "the container to stop", func() bool {
-		status, _ := e.state(id)
-		return status == "stopped"
-	})
+	id := e.runTrueToEnd("--log-format", "json", "--debug")
 	f, err := os.Open(filepath.Join(e.root, "state", id, "daemon.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -164,15 +169,7 @@ func TestDaemonLogFields(t *testing.T) {
 func TestDebugLogsContainerSetup(t *testing.T) {
 	e := newEnv(t)
 	e.writeConfig("[runtime]\ndebug = true\n")
-	id := e.id()
-	if r := e.run("", "run", "-d", "--bundle", e.bundle(nil, "true"), id); r.status != 0 {
-		t.Fatalf("run -d: status %d, stderr %q", r.status, r.stderr)
-	}
-	defer e.run("", "delete", "--force", id)
-	waitFor(t, "the container to stop", func() bool {
-		status, _ := e.state(id)
-		return status == "stopped"
-	})
+	id := e.runTrueToEnd()
 	console, err := os.ReadFile(filepath.Join(e.root, "state", id, "console.log"))
 	if err != nil {
 		t.Fatal(err)
