@@ -139,6 +139,13 @@ func Boot(opts Options) (*Sandbox, error) {
 		containers: map[string]*containerRecord{}, netns: opts.NetNS, netnsForNew: opts.NetNSForNew}
 	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
 	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
+	if opts.Config.Runtime.DebugConsole {
+		image, err := writeDebugInitrd(opts.Dir, opts.Config.Hypervisor.Initrd)
+		if err != nil {
+			return nil, err
+		}
+		vmOpts.Initrd = image
+	}
 	if opts.NetNS != "" && opts.Config.Network.Mode != config.NetworkNone {
 		mode := network.TC
 		if opts.Config.Network.Mode == config.NetworkMacvtap {
@@ -159,13 +166,6 @@ func Boot(opts Options) (*Sandbox, error) {
 		for _, ep := range att.Endpoints {
 			vmOpts.Taps = append(vmOpts.Taps, Tap{File: ep.TapFile, MAC: ep.Interface.MAC.String()})
 		}
-	}
-	if opts.Config.Runtime.DebugConsole {
-		image, err := writeDebugInitrd(opts.Dir, opts.Config.Hypervisor.Initrd)
-		if err != nil {
-			return nil, err
-		}
-		vmOpts.Initrd = image
 	}
 	vm, err := StartVM(vmOpts)
 	var bootErr *BootError
@@ -255,21 +255,32 @@ func (s *Sandbox) watchVM() {
 	if s.vm.ChannelLost.Load() {
 		s.log.Error("the agent channel ended under a running guest; QEMU was killed")
 	}
+	// A guest that ends when nobody asked it to, under a running
+	// container, has crashed: its console log holds its last words (a
+	// panic, the agent's crash), and the state directory, with the log,
+	// goes at delete. A forced stop kills the containers just before the
+	// guest powers off, so their exits may not have arrived: that is no
+	// crash.
+	crashed := false
+	if !s.vm.Stopping() {
+		s.mu.Lock()
+		for _, c := range s.containers {
+			crashed = crashed || !c.init.hasExited()
+		}
+		s.mu.Unlock()
+	}
+	kept := ""
+	if crashed {
+		kept = s.keepConsoleLog()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
-	kept := ""
 	for _, c := range s.containers {
 		for execID, p := range c.execs {
 			s.markExited(c, execID, p, exitStatusVMGone, now, false)
 		}
-		if !c.init.hasExited() {
-			// The console log holds the guest's last words (a panic, the
-			// agent's crash); the state directory, and the log with it,
-			// goes at delete.
-			if kept == "" {
-				kept = s.keepConsoleLog()
-			}
+		if crashed && !c.init.hasExited() {
 			s.log.Error("the guest ended under a running container", "container", c.id, "console_log", kept)
 		}
 		s.markExited(c, "", c.init, exitStatusVMGone, now, false)

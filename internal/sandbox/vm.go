@@ -448,3 +448,7 @@ func (vm *VM) closeConns() {
 		vm.qmp.Close()
 	}
 }
+
+// Stopping says whether Stop has begun: the guest's end is then asked for,
+// not a crash.
+func (vm *VM) Stopping() bool { return vm.stopping.Load() }

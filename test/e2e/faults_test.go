@@ -185,6 +185,7 @@ func TestGuestDies(t *testing.T) {
 			e := newEnv(t)
 			reapStandIns(t)
 			id := e.id()
+			t.Cleanup(func() { os.Remove(filepath.Join("/var/log/husk", id+".console.log")) })
 			standIn := e.createWith(id, d.edit, "sh", "-c", d.script)
 			_, qemu := e.sandboxPIDs(id)
 			e.mustRun("start", id)
@@ -201,12 +202,30 @@ func TestGuestDies(t *testing.T) {
 	}
 }
 
+// TestForcedDeleteIsNoCrash: delete --force of a running container ends
+// its guest on purpose, whether or not the container's exit arrives before
+// the guest powers off: no console log is kept as if the guest had
+// crashed.
+func TestForcedDeleteIsNoCrash(t *testing.T) {
+	e := newEnv(t)
+	for i := 0; i < 3; i++ {
+		id := e.id()
+		kept := filepath.Join("/var/log/husk", id+".console.log")
+		t.Cleanup(func() { os.Remove(kept) })
+		e.create(id)
+		e.start(id)
+		e.mustRun("delete", "--force", id)
+		if _, err := os.Stat(kept); err == nil {
+			t.Errorf("delete --force of %s kept its console log as a crash's", id)
+		}
+	}
+}
+
 // checkKeptConsoleLog checks that the console log of a guest that ended
 // under a running container was kept, past delete, with want in it.
 func checkKeptConsoleLog(t *testing.T, id, want string) {
 	t.Helper()
 	kept := filepath.Join("/var/log/husk", id+".console.log")
-	defer os.Remove(kept)
 	data, err := os.ReadFile(kept)
 	if err != nil {
 		t.Fatalf("the guest's console log was not kept: %v", err)
