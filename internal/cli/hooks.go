@@ -48,10 +48,11 @@ func runCreateHooks(st *state.State, spec *specs.Spec) error {
 
 // hostNetNS is the host-side network namespace the container's sandbox
 // joins: the one the spec names, or the one made for its hooks when the
-// spec asks for a new one; "" for none.
+// spec asks for a new one, while its holder lives (its pid may name
+// another process afterwards); "" for none.
 func hostNetNS(st *state.State, spec *specs.Spec) string {
 	path, ok := oci.NetworkNamespace(spec)
-	if ok && path == "" && st.NetNSHolder.PID != 0 {
+	if ok && path == "" && st.NetNSHolder.Alive() {
 		return fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
 	}
 	return path

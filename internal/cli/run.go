@@ -409,7 +409,7 @@ func forceDelete(g *globals, id string) {
 	// A daemon that died (or was just killed) never undid its network:
 	// its taps' redirects, or its macvtaps, are still in the namespace.
 	if netns := sandboxNetNS(st); netns != "" {
-		_ = network.Clear(netns)
+		_ = network.Clear(netns, id)
 	}
 	oci.StopNetNSHolder(st.NetNSHolder)
 	_ = store.Remove(id)

@@ -18,7 +18,7 @@ import (
 // the macvtap inherits the interface's MAC, which the guest then uses: the
 // interface keeps its addresses, so the namespace looks as its maker left
 // it.
-func attachMacvtap(ep *Endpoint, link netlink.Link) error {
+func attachMacvtap(ep *Endpoint, link netlink.Link, alias string) error {
 	attrs := link.Attrs()
 	// NewLinkAttrs leaves the queue length to the kernel: a zero length
 	// would give the queue a ring of no slots, and every frame for the
@@ -31,7 +31,14 @@ func attachMacvtap(ep *Endpoint, link netlink.Link) error {
 	}
 	made, err := netlink.LinkByName(ep.Tap)
 	if err != nil {
+		// Just made, and gone or renamed: nothing of it is ours to find.
 		return fmt.Errorf("macvtap %s: %w", ep.Tap, err)
+	}
+	// Named as the sandbox's before anything can fail: Detach and Clear
+	// delete only what carries the name.
+	if err := netlink.LinkSetAlias(made, alias); err != nil {
+		_ = netlink.LinkDel(made)
+		return fmt.Errorf("macvtap %s: alias: %w", ep.Tap, err)
 	}
 	ep.tapIndex = made.Attrs().Index
 	if err := netlink.LinkSetUp(made); err != nil {

@@ -49,7 +49,10 @@ type Endpoint struct {
 	// interface.
 	Tap string
 	// TapFile is the device's queue, for QEMU (-netdev tap,fd=N).
-	TapFile             *os.File
+	TapFile *os.File
+	mode    Mode
+	// linkIndex is the interface's index; tapIndex the made device's, 0
+	// until it was made and found.
 	linkIndex, tapIndex int
 }
 
@@ -58,6 +61,8 @@ type Attachment struct {
 	NetNS     string
 	Endpoints []*Endpoint
 	Routes    []Route
+	// owner names the sandbox in the alias of every device made for it.
+	owner string
 }
 
 // ErrOwnNamespace is returned by Attach for the caller's own network
@@ -127,17 +132,28 @@ func HasInterfaces(path string) (bool, error) {
 }
 
 // joinable says whether Attach joins link to the VM: loopback stays in the
-// namespace, and taps and macvtaps are husk's own.
+// namespace, taps are the namespace's own business, and husk's macvtaps
+// are its own.
 func joinable(link netlink.Link) bool {
-	return link.Attrs().Flags&net.FlagLoopback == 0 && link.Type() != "tuntap" && link.Type() != "macvtap"
+	return link.Attrs().Flags&net.FlagLoopback == 0 && link.Type() != "tuntap" && !isHuskDevice(link)
+}
+
+// aliasPrefix begins the alias of every device husk makes in a namespace;
+// the sandbox's id follows, so that clean-up touches only its own.
+const aliasPrefix = "husk:"
+
+// isHuskDevice says whether link is a tap or macvtap husk made.
+func isHuskDevice(link netlink.Link) bool {
+	return strings.HasPrefix(link.Attrs().Alias, aliasPrefix) && (link.Type() == "tuntap" || link.Type() == "macvtap")
 }
 
 // Attach joins every interface of the namespace at path (other than
 // loopback) to a new tap or macvtap device, as mode says, and reads the
-// routes the guest must have. A namespace with loopback only gives an
-// attachment with no endpoints.
-func Attach(path string, mode Mode) (_ *Attachment, retErr error) {
-	a := &Attachment{NetNS: path}
+// routes the guest must have. owner (the sandbox's id) names the devices,
+// for Clear. A namespace with loopback only gives an attachment with no
+// endpoints.
+func Attach(path string, mode Mode, owner string) (_ *Attachment, retErr error) {
+	a := &Attachment{NetNS: path, owner: owner}
 	defer func() {
 		if retErr != nil {
 			a.Detach()
@@ -155,7 +171,7 @@ func Attach(path string, mode Mode) (_ *Attachment, retErr error) {
 			if !joinable(link) {
 				continue
 			}
-			ep, err := attachLink(link, len(a.Endpoints), mode)
+			ep, err := attachLink(link, len(a.Endpoints), mode, aliasPrefix+owner)
 			if ep != nil {
 				a.Endpoints = append(a.Endpoints, ep)
 			}
@@ -175,9 +191,9 @@ func Attach(path string, mode Mode) (_ *Attachment, retErr error) {
 	return a, nil
 }
 
-// attachLink joins link to a new device as mode says. The endpoint
-// returned with an error holds what was made, for Detach.
-func attachLink(link netlink.Link, n int, mode Mode) (*Endpoint, error) {
+// attachLink joins link to a new device as mode says, aliased alias. The
+// endpoint returned with an error holds what was made, for Detach.
+func attachLink(link netlink.Link, n int, mode Mode, alias string) (*Endpoint, error) {
 	attrs := link.Attrs()
 	iface := Interface{Name: attrs.Name, MAC: attrs.HardwareAddr, MTU: attrs.MTU}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
@@ -191,9 +207,9 @@ func attachLink(link netlink.Link, n int, mode Mode) (*Endpoint, error) {
 		}
 		iface.Addresses = append(iface.Addresses, addr.IPNet)
 	}
-	ep := &Endpoint{Interface: iface, Tap: tapName(n), linkIndex: attrs.Index}
+	ep := &Endpoint{Interface: iface, Tap: tapName(n), mode: mode, linkIndex: attrs.Index}
 	if mode == Macvtap {
-		return ep, attachMacvtap(ep, link)
+		return ep, attachMacvtap(ep, link, alias)
 	}
 	ep.TapFile, err = openTap(ep.Tap)
 	if err != nil {
@@ -204,6 +220,9 @@ func attachLink(link netlink.Link, n int, mode Mode) (*Endpoint, error) {
 		return ep, fmt.Errorf("tap %s: %w", ep.Tap, err)
 	}
 	ep.tapIndex = tap.Attrs().Index
+	if err := netlink.LinkSetAlias(tap, alias); err != nil {
+		return ep, fmt.Errorf("tap %s: alias: %w", ep.Tap, err)
+	}
 	if err := netlink.LinkSetMTU(tap, attrs.MTU); err != nil {
 		return ep, fmt.Errorf("tap %s: mtu: %w", ep.Tap, err)
 	}
@@ -289,39 +308,47 @@ func routes(names map[int]string) ([]Route, error) {
 	return out, nil
 }
 
-// Detach undoes Attach: the redirects go, and the taps with the last of
-// their queues (QEMU's, once it has exited). Safe on a partial attachment.
+// Detach undoes Attach: the redirects go (tc mode), and the devices it
+// made, by their index: a name that Attach could not take (another
+// sandbox's device in the same namespace) is never touched. Safe on a
+// partial attachment.
 func (a *Attachment) Detach() {
 	if a == nil || len(a.Endpoints) == 0 {
 		return
 	}
 	_ = inNetNS(a.NetNS, func() error {
 		for _, ep := range a.Endpoints {
-			for _, index := range []int{ep.linkIndex, ep.tapIndex} {
-				if index == 0 {
-					continue
+			if ep.mode == TC {
+				for _, index := range []int{ep.linkIndex, ep.tapIndex} {
+					if index != 0 {
+						_ = netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}})
+					}
 				}
-				_ = netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}})
 			}
 			if ep.TapFile != nil {
 				ep.TapFile.Close()
 			}
-			// A tap QEMU still holds would outlive the close: delete it.
-			if tap, err := netlink.LinkByName(ep.Tap); err == nil {
-				_ = netlink.LinkDel(tap)
+			// A tap QEMU still holds would outlive the close, and a
+			// macvtap lives until deleted.
+			if ep.tapIndex == 0 {
+				continue
+			}
+			if dev, err := netlink.LinkByIndex(ep.tapIndex); err == nil && dev.Attrs().Alias == aliasPrefix+a.owner {
+				_ = netlink.LinkDel(dev)
 			}
 		}
 		return nil
 	})
 }
 
-// Clear removes from the namespace at path what an Attach left there when
-// the process that made it died before its Detach: husk's taps and
-// macvtaps, and the ingress qdiscs of interfaces whose redirects lead to
-// them or to devices that no longer exist (a tap goes with QEMU's last
-// queue; its redirect stays behind). Interfaces that are not husk's keep
-// everything else. The host's own namespace is never touched.
-func Clear(path string) error {
+// Clear removes from the namespace at path what an Attach for owner left
+// there when the process that made it died before its Detach: owner's taps
+// and macvtaps, and the ingress qdiscs of interfaces whose redirects lead
+// to them or to devices that no longer exist (a tap goes with QEMU's last
+// queue; its redirect stays behind). Another sandbox's devices and their
+// redirects, and what is not husk's, are kept. The host's own namespace is
+// never touched.
+func Clear(path, owner string) error {
 	return inNetNS(path, func() error {
 		links, err := netlink.LinkList()
 		if err != nil {
@@ -332,7 +359,7 @@ func Clear(path string) error {
 		for _, link := range links {
 			attrs := link.Attrs()
 			exists[attrs.Index] = true
-			if isHuskDevice(link) {
+			if isHuskDevice(link) && attrs.Alias == aliasPrefix+owner {
 				ours[attrs.Index] = true
 			}
 		}
@@ -356,11 +383,6 @@ func Clear(path string) error {
 		}
 		return errors.Join(errs...)
 	})
-}
-
-// isHuskDevice says whether link is a tap or macvtap Attach made.
-func isHuskDevice(link netlink.Link) bool {
-	return strings.HasPrefix(link.Attrs().Name, tapPrefix) && (link.Type() == "tuntap" || link.Type() == "macvtap")
 }
 
 // redirectsToGone says whether an ingress filter of link redirects to one

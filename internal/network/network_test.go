@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -79,7 +80,7 @@ func checkAttachment(t *testing.T, a *Attachment) *Endpoint {
 
 func TestAttachAndDetach(t *testing.T) {
 	path := testNamespace(t)
-	a, err := Attach(path, TC)
+	a, err := Attach(path, TC, "test-owner")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +98,9 @@ func TestAttachAndDetach(t *testing.T) {
 		t.Errorf("tap flags %#x lack IFF_VNET_HDR", ifr.Uint16())
 	}
 	ns := strings.TrimPrefix(path, "/var/run/netns/")
+	if link, _ := exec.Command("ip", "-n", ns, "-d", "link", "show", ep.Tap).Output(); !strings.Contains(string(link), "alias "+aliasPrefix+"test-owner") {
+		t.Errorf("tap %s does not carry its sandbox's alias:\n%s", ep.Tap, link)
+	}
 	filters, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", "eth7", "ingress").Output()
 	if !strings.Contains(string(filters), "Redirect to device "+ep.Tap) {
 		t.Errorf("no redirect from eth7 to %s:\n%s", ep.Tap, filters)
@@ -124,14 +128,14 @@ func TestAttachLoopbackOnly(t *testing.T) {
 	}
 	defer exec.Command("ip", "netns", "del", name).Run()
 	for _, mode := range []Mode{TC, Macvtap} {
-		a, err := Attach("/var/run/netns/"+name, mode)
+		a, err := Attach("/var/run/netns/"+name, mode, "test-owner")
 		if err != nil || len(a.Endpoints) != 0 {
 			t.Fatalf("loopback-only namespace, mode %d: %+v, %v", mode, a, err)
 		}
-		if _, err := Attach("/var/run/netns/husk-no-such-namespace", mode); err == nil {
+		if _, err := Attach("/var/run/netns/husk-no-such-namespace", mode, "test-owner"); err == nil {
 			t.Errorf("mode %d: a missing namespace was accepted", mode)
 		}
-		if _, err := Attach("/proc/self/ns/net", mode); !errors.Is(err, ErrOwnNamespace) {
+		if _, err := Attach("/proc/self/ns/net", mode, "test-owner"); !errors.Is(err, ErrOwnNamespace) {
 			t.Errorf("mode %d: the host's own namespace: %v", mode, err)
 		}
 	}
@@ -152,7 +156,7 @@ func TestAttachMacvtap(t *testing.T) {
 		return net + " " + mnt
 	}
 	own := ownNS()
-	a, err := Attach(path, Macvtap)
+	a, err := Attach(path, Macvtap, "test-owner")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,14 +190,17 @@ func TestAttachMacvtap(t *testing.T) {
 	if err := unix.Fstat(int(ep.TapFile.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR {
 		t.Errorf("the queue is not a character device: %v %o", err, st.Mode)
 	}
+	if !strings.Contains(string(link), "alias "+aliasPrefix+"test-owner") {
+		t.Errorf("macvtap %s does not carry its sandbox's alias:\n%s", ep.Tap, link)
+	}
 	peerNS := strings.Replace(ns, "husk-net-a-", "husk-net-b-", 1)
 	if out, err := exec.Command("ip", "-n", peerNS, "link", "set", "peer7", "up").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
+	capture := captureTestFrames(t, "/var/run/netns/"+peerNS, "peer7")
 	sendTestFrame(t, ep)
-	stats, _ := exec.Command("ip", "-n", peerNS, "-s", "link", "show", "peer7").Output()
-	if !rxPackets(string(stats)) {
-		t.Errorf("a frame written to the queue did not reach eth7's peer:\n%s", stats)
+	if !capture() {
+		t.Error("a frame written to the queue did not reach eth7's peer")
 	}
 	tc, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", "eth7", "ingress").Output()
 	if len(strings.TrimSpace(string(tc))) != 0 {
@@ -229,23 +236,50 @@ func sendTestFrame(t *testing.T, ep *Endpoint) {
 	eth := frame[10:]
 	copy(eth[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	copy(eth[6:12], ep.Interface.MAC)
-	eth[12], eth[13] = 0x88, 0xb5 // the IEEE local experimental EtherType
+	eth[12], eth[13] = testEtherType>>8, testEtherType&0xff
 	if _, err := ep.TapFile.Write(frame); err != nil {
 		t.Fatalf("writing a frame to the queue: %v", err)
 	}
 }
 
-// rxPackets says whether `ip -s link` output counts a received packet.
-func rxPackets(stats string) bool {
-	lines := strings.Split(stats, "\n")
-	for i, line := range lines {
-		if strings.Contains(line, "RX:") && i+1 < len(lines) {
-			fields := strings.Fields(lines[i+1])
-			return len(fields) > 1 && fields[1] != "0"
+// testEtherType is the IEEE's local experimental EtherType: nothing but
+// sendTestFrame sends it.
+const testEtherType = 0x88b5
+
+// captureTestFrames opens a packet socket for testEtherType on the device
+// in the namespace at path; the function returned says whether a frame
+// from sendTestFrame arrived within two seconds.
+func captureTestFrames(t *testing.T, path, device string) func() bool {
+	t.Helper()
+	proto := int(htons(testEtherType))
+	var fd int
+	err := inNetNS(path, func() error {
+		link, err := netlink.LinkByName(device)
+		if err != nil {
+			return err
 		}
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(testEtherType), Ifindex: link.Attrs().Index})
+	})
+	if err != nil {
+		t.Fatalf("capturing on %s: %v", device, err)
 	}
-	return false
+	t.Cleanup(func() { unix.Close(fd) })
+	return func() bool {
+		tv := unix.Timeval{Sec: 2}
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2048)
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		return err == nil && n >= 14 && buf[12] == 0x88 && buf[13] == 0xb5
+	}
 }
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestClearAfterALostDetach: what Attach made, left behind by a process
 // that died without Detach (its queue closed, as when QEMU dies), is
@@ -258,7 +292,7 @@ func TestClearAfterALostDetach(t *testing.T) {
 		if out, err := exec.Command("tc", "-n", ns, "qdisc", "add", "dev", "lo", "ingress").CombinedOutput(); err != nil {
 			t.Fatalf("tc: %v: %s", err, out)
 		}
-		a, err := Attach(path, mode)
+		a, err := Attach(path, mode, "test-owner")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,7 +304,7 @@ func TestClearAfterALostDetach(t *testing.T) {
 		if left := map[Mode]bool{TC: strings.Contains(string(leftQdisc), "ingress"), Macvtap: strings.Contains(string(leftLinks), tapPrefix)}; !left[mode] {
 			t.Fatalf("mode %d: nothing was left to clear:\n%s\n%s", mode, leftLinks, leftQdisc)
 		}
-		if err := Clear(path); err != nil {
+		if err := Clear(path, "test-owner"); err != nil {
 			t.Fatalf("mode %d: %v", mode, err)
 		}
 		links, _ := exec.Command("ip", "-n", ns, "link").Output()
@@ -281,8 +315,46 @@ func TestClearAfterALostDetach(t *testing.T) {
 		if lo, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "lo").Output(); !strings.Contains(string(lo), "ingress") {
 			t.Errorf("mode %d: Clear removed loopback's ingress qdisc:\n%s", mode, lo)
 		}
-		if err := Clear("/proc/self/ns/net"); !errors.Is(err, ErrOwnNamespace) {
+		if err := Clear("/proc/self/ns/net", "test-owner"); !errors.Is(err, ErrOwnNamespace) {
 			t.Errorf("Clear of the host's namespace: %v", err)
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+		exec.Command("ip", "netns", "del", strings.Replace(ns, "husk-net-a-", "husk-net-b-", 1)).Run()
+	}
+}
+
+// TestAnotherSandboxsDevicesAreKept: a second Attach to a namespace that a
+// sandbox already joined fails, and neither its failure nor a Clear for the
+// second sandbox removes the first one's device or redirects.
+func TestAnotherSandboxsDevicesAreKept(t *testing.T) {
+	for _, mode := range []Mode{TC, Macvtap} {
+		path := testNamespace(t)
+		ns := strings.TrimPrefix(path, "/var/run/netns/")
+		first, err := Attach(path, mode, "first")
+		if err != nil {
+			t.Fatal(err)
+		}
+		state := func() string {
+			links, _ := exec.Command("ip", "-n", ns, "-d", "link", "show", "husktap0").Output()
+			filters, _ := exec.Command("tc", "-n", ns, "filter", "show", "dev", "eth7", "ingress").Output()
+			return string(links) + string(filters)
+		}
+		before := state()
+		if !strings.Contains(before, "alias "+aliasPrefix+"first") {
+			t.Fatalf("mode %d: the first sandbox's device:\n%s", mode, before)
+		}
+		if _, err := Attach(path, mode, "second"); err == nil {
+			t.Errorf("mode %d: a second sandbox attached to a namespace already joined", mode)
+		}
+		if err := Clear(path, "second"); err != nil {
+			t.Errorf("mode %d: Clear for the second sandbox: %v", mode, err)
+		}
+		if after := state(); after != before {
+			t.Errorf("mode %d: the first sandbox's network changed:\n%s\nnow:\n%s", mode, before, after)
+		}
+		first.Detach()
+		if left := state(); strings.Contains(left, "husktap0") || strings.Contains(left, "mirred") {
+			t.Errorf("mode %d: left after the first sandbox's Detach:\n%s", mode, left)
 		}
 		exec.Command("ip", "netns", "del", ns).Run()
 		exec.Command("ip", "netns", "del", strings.Replace(ns, "husk-net-a-", "husk-net-b-", 1)).Run()

@@ -151,7 +151,7 @@ func Boot(opts Options) (*Sandbox, error) {
 		if opts.Config.Network.Mode == config.NetworkMacvtap {
 			mode = network.Macvtap
 		}
-		att, err := network.Attach(opts.NetNS, mode)
+		att, err := network.Attach(opts.NetNS, mode, opts.ID)
 		switch {
 		case errors.Is(err, network.ErrOwnNamespace):
 			// Nothing of the host's network is handed to a guest.

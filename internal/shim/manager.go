@@ -166,8 +166,11 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	// its namespace still runs, and the taps' redirects (or macvtaps) are
 	// still in the namespace.
 	if rec, err := readNetworkRecord(dir); err == nil {
-		if rec.NetNS != "" {
-			if err := network.Clear(rec.NetNS); err != nil && !errors.Is(err, network.ErrOwnNamespace) {
+		// A namespace named by its holder's pid is gone with the holder
+		// (and the pid may be another process's by now).
+		heldOnly := rec.Holder.PID != 0 && rec.NetNS == fmt.Sprintf("/proc/%d/ns/net", rec.Holder.PID)
+		if rec.NetNS != "" && (!heldOnly || rec.Holder.Alive()) {
+			if err := network.Clear(rec.NetNS, id); err != nil && !errors.Is(err, network.ErrOwnNamespace) {
 				log.G(ctx).WithError(err).Warn("clearing the sandbox's network namespace")
 			}
 		}
