@@ -386,7 +386,7 @@ func Clear(path, owner string) error {
 }
 
 // redirectsToGone says whether an ingress filter of link redirects to one
-// of husk's devices or to a device index that no longer exists.
+// of the devices in ours or to a device index that no longer exists.
 func redirectsToGone(link netlink.Link, ours, exists map[int]bool) bool {
 	filters, err := netlink.FilterList(link, ingressHandle)
 	if err != nil {
