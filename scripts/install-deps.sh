@@ -10,6 +10,7 @@ packages=(
   docker.io containerd podman                                 # the real clients the tests drive
   containernetworking-plugins                                 # CNI plugins (/usr/lib/cni) for containerd's CRI
   runc hyperfine iperf3                                       # make bench: the baseline, the timer, TCP throughput
+  time                                                        # GNU time: the CLI's own peak memory in the load test
   protobuf-compiler                                           # make protos
 )
 missing=()
