@@ -438,7 +438,7 @@ func TestCtrGuestDies(t *testing.T) {
 	for _, tc := range guestDeaths {
 		t.Run(tc.fault, func(t *testing.T) {
 			id := c.id()
-			t.Cleanup(func() { os.Remove(filepath.Join("/var/log/husk", id+".console.log")) })
+			t.Cleanup(func() { os.Remove(filepath.Join(keptLogDir, id+".console.log")) })
 			ev := c.watchEvents()
 			r := c.run("", append(runFlags, "--config", c.specFile(tc.edit, "sh", "-c", tc.script), id)...)
 			if r.status != 137 {

@@ -185,7 +185,7 @@ func TestGuestDies(t *testing.T) {
 			e := newEnv(t)
 			reapStandIns(t)
 			id := e.id()
-			t.Cleanup(func() { os.Remove(filepath.Join("/var/log/husk", id+".console.log")) })
+			t.Cleanup(func() { os.Remove(filepath.Join(keptLogDir, id+".console.log")) })
 			standIn := e.createWith(id, d.edit, "sh", "-c", d.script)
 			_, qemu := e.sandboxPIDs(id)
 			e.mustRun("start", id)
@@ -210,7 +210,7 @@ func TestForcedDeleteIsNoCrash(t *testing.T) {
 	e := newEnv(t)
 	for i := 0; i < 3; i++ {
 		id := e.id()
-		kept := filepath.Join("/var/log/husk", id+".console.log")
+		kept := filepath.Join(keptLogDir, id+".console.log")
 		t.Cleanup(func() { os.Remove(kept) })
 		e.create(id)
 		e.start(id)
@@ -225,7 +225,7 @@ func TestForcedDeleteIsNoCrash(t *testing.T) {
 // under a running container was kept, past delete, with want in it.
 func checkKeptConsoleLog(t *testing.T, id, want string) {
 	t.Helper()
-	kept := filepath.Join("/var/log/husk", id+".console.log")
+	kept := filepath.Join(keptLogDir, id+".console.log")
 	data, err := os.ReadFile(kept)
 	if err != nil {
 		t.Fatalf("the guest's console log was not kept: %v", err)

@@ -268,7 +268,7 @@ func TestBootTimeoutNamesConsoleLog(t *testing.T) {
 	if r.status != 1 || !strings.Contains(r.stderr, "console log") {
 		t.Fatalf("status %d, stderr %q", r.status, r.stderr)
 	}
-	kept := filepath.Join("/var/log/husk", id+".console.log")
+	kept := filepath.Join(keptLogDir, id+".console.log")
 	if !strings.Contains(r.stderr, kept) {
 		t.Fatalf("stderr %q does not name %s", r.stderr, kept)
 	}
