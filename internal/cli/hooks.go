@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"fmt"
-
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
@@ -53,7 +51,7 @@ func runCreateHooks(st *state.State, spec *specs.Spec) error {
 func hostNetNS(st *state.State, spec *specs.Spec) string {
 	path, ok := oci.NetworkNamespace(spec)
 	if ok && path == "" && st.NetNSHolder.Alive() {
-		return fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
+		return oci.NetNSOf(st.NetNSHolder.PID)
 	}
 	return path
 }

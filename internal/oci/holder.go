@@ -37,7 +37,7 @@ func StartNetNSHolder(spec *specs.Spec) (state.Process, error) {
 			return state.Process{}, err
 		}
 		inPlace = func(pid int) bool {
-			ns, err := NamespaceOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+			ns, err := NamespaceOf(NetNSOf(pid))
 			return err == nil && ns != own
 		}
 	case ok:
@@ -47,7 +47,7 @@ func StartNetNSHolder(spec *specs.Spec) (state.Process, error) {
 			return state.Process{}, fmt.Errorf("the spec's network namespace %s: %w", path, err)
 		}
 		inPlace = func(pid int) bool {
-			ns, err := NamespaceOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+			ns, err := NamespaceOf(NetNSOf(pid))
 			return err == nil && ns == target
 		}
 	default:
@@ -69,6 +69,10 @@ func StartNetNSHolder(spec *specs.Spec) (state.Process, error) {
 	}
 	return holder, nil
 }
+
+// NetNSOf is the path of a process's network namespace: the holder's names
+// the container's host-side one.
+func NetNSOf(pid int) string { return fmt.Sprintf("/proc/%d/ns/net", pid) }
 
 // NamespaceOf identifies the namespace a /proc/PID/ns file or a bind mount
 // of one names.

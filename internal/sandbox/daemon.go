@@ -87,7 +87,7 @@ func (d *Daemon) bootOptions(cfg *config.Config) Options {
 			// hooks got one on the host, held by the hooks' process, which
 			// the hooks may have filled (Docker's networking does).
 			if opts.NetNS == "" && st.NetNSHolder.Alive() && oci.AsksNewNetNS(spec) {
-				opts.NetNS = fmt.Sprintf("/proc/%d/ns/net", st.NetNSHolder.PID)
+				opts.NetNS = oci.NetNSOf(st.NetNSHolder.PID)
 				opts.NetNSForNew = true
 			}
 		}

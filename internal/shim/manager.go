@@ -168,7 +168,7 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if rec, err := readNetworkRecord(dir); err == nil {
 		// A namespace named by its holder's pid is gone with the holder
 		// (and the pid may be another process's by now).
-		heldOnly := rec.Holder.PID != 0 && rec.NetNS == fmt.Sprintf("/proc/%d/ns/net", rec.Holder.PID)
+		heldOnly := rec.Holder.PID != 0 && rec.NetNS == oci.NetNSOf(rec.Holder.PID)
 		if rec.NetNS != "" && (!heldOnly || rec.Holder.Alive()) {
 			if err := network.Clear(rec.NetNS, id); err != nil && !errors.Is(err, network.ErrOwnNamespace) {
 				log.G(ctx).WithError(err).Warn("clearing the sandbox's network namespace")

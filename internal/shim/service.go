@@ -342,7 +342,7 @@ func (s *service) runCreateHooks(id, bundle string, spec *specs.Spec, netns stri
 		}
 		pid = holder.PID
 		if oci.AsksNewNetNS(spec) {
-			netns, forNew = fmt.Sprintf("/proc/%d/ns/net", holder.PID), true
+			netns, forNew = oci.NetNSOf(holder.PID), true
 		}
 	}
 	hookState := specs.State{Version: specs.Version, ID: id, Status: specs.StateCreating, Pid: pid, Bundle: bundle, Annotations: spec.Annotations}

@@ -255,14 +255,7 @@ func writableSysrqTrigger(s *specs.Spec) {
 // a clear error and leaves nothing behind.
 func TestStateRootFull(t *testing.T) {
 	e := newEnv(t)
-	root := filepath.Join(e.root, "state")
-	if err := os.MkdirAll(root, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=64k"); err != nil {
-		skipUnlessRequired(t, "cannot mount a small tmpfs: %v", err)
-	}
-	defer unix.Unmount(root, unix.MNT_DETACH)
+	root := e.smallStateRoot("64k")
 	filler, _ := os.Create(filepath.Join(root, "filler"))
 	_, _ = filler.Write(make([]byte, 128<<10))
 	filler.Close()
@@ -275,7 +268,22 @@ func TestStateRootFull(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, id)); err == nil {
 		t.Fatal("state directory left behind")
 	}
-	os.Remove(filepath.Join(root, "filler"))
+}
+
+// smallStateRoot mounts a tmpfs of size as the env's state root, until
+// the test ends; it is unmounted before the env's leak check, which would
+// otherwise count it.
+func (e *env) smallStateRoot(size string) string {
+	e.t.Helper()
+	root := filepath.Join(e.root, "state")
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size="+size); err != nil {
+		skipUnlessRequired(e.t, "cannot mount a small tmpfs: %v", err)
+	}
+	e.t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	return root
 }
 
 // TestStateRootFillsUnderARunningContainer: the state root runs out of
@@ -284,15 +292,7 @@ func TestStateRootFull(t *testing.T) {
 // everything.
 func TestStateRootFillsUnderARunningContainer(t *testing.T) {
 	e := newEnv(t)
-	root := filepath.Join(e.root, "state")
-	if err := os.MkdirAll(root, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=8m"); err != nil {
-		skipUnlessRequired(t, "cannot mount a small tmpfs: %v", err)
-	}
-	// Unmounted after the env's clean-up has deleted what is left.
-	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	root := e.smallStateRoot("8m")
 	reapStandIns(t)
 	id := e.id()
 	standIn := e.create(id)
@@ -311,7 +311,6 @@ func TestStateRootFillsUnderARunningContainer(t *testing.T) {
 		}
 	}
 	filler.Close()
-	defer os.Remove(filler.Name())
 	e.mustRun("kill", id, "KILL")
 	if status := waitExitStatus(t, standIn); status != 137 {
 		t.Fatalf("stand-in exit status %d, want 137", status)

@@ -89,10 +89,7 @@ func TestHooksPrepareTheNetwork(t *testing.T) {
 	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
 	const port = 18093
-	if err := os.WriteFile(filepath.Join(f.serverRoot, "greeting"), []byte("hello across the hook's veth\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f.serveFromB(t, port)
+	f.serveFromB(t, port, "greeting", "hello across the hook's veth\n")
 
 	dir := t.TempDir()
 	id := e.id()
@@ -160,10 +157,7 @@ func TestCtrHooksPrepareTheNetwork(t *testing.T) {
 	c := newCtrEnv(t)
 	f := newNetFixture(t)
 	const port = 18095
-	if err := os.WriteFile(filepath.Join(f.serverRoot, "greeting"), []byte("hello through the shim\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f.serveFromB(t, port)
+	f.serveFromB(t, port, "greeting", "hello through the shim\n")
 	dir := t.TempDir()
 	specPath := c.specFile(func(s *specs.Spec) {
 		s.Hooks = networkHooks(t, dir, f)

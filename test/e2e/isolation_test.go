@@ -44,11 +44,8 @@ func TestIsolation(t *testing.T) {
 		}
 	}()
 	port := listener.Addr().(*net.TCPAddr).Port
-	if err := os.WriteFile(filepath.Join(f.serverRoot, "control"), []byte("network-control-ok\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	const controlPort = 18097
-	f.serveFromB(t, controlPort)
+	f.serveFromB(t, controlPort, "control", "network-control-ok\n")
 
 	// A volume holding links that would reach the secret if they were
 	// resolved on the host.

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -90,10 +88,7 @@ func TestSecondContainerInTheSameNamespaceJoins(t *testing.T) {
 	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
 	const port = 18094
-	if err := os.WriteFile(filepath.Join(f.serverRoot, "x"), []byte("across the shared interface\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f.serveFromB(t, port)
+	f.serveFromB(t, port, "x", "across the shared interface\n")
 	owner := e.id()
 	e.createWith(owner, inNamespace(f.a), "sh", "-c", "echo started; sleep 600")
 	e.start(owner)

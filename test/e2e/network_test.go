@@ -89,9 +89,13 @@ func (f *netFixture) leftovers() string {
 	return string(links) + string(qdiscs)
 }
 
-// serveFromB runs busybox's HTTP server in namespace B until the test ends.
-func (f *netFixture) serveFromB(t *testing.T, port int) {
+// serveFromB runs busybox's HTTP server in namespace B until the test ends,
+// serving a file called name that holds content.
+func (f *netFixture) serveFromB(t *testing.T, port int, name, content string) {
 	t.Helper()
+	if err := os.WriteFile(filepath.Join(f.serverRoot, name), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("ip", "netns", "exec", f.b, "/bin/busybox", "httpd", "-f", "-p", fmt.Sprint(port), "-h", f.serverRoot)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -145,10 +149,7 @@ func testNetworkThroughTheVM(t *testing.T, mode string) {
 	f := newNetFixture(t) // before the env: its leak check runs after the env's clean-up
 	e := newEnv(t)
 	e.writeConfig(fmt.Sprintf("[network]\nmode = %q\n", mode))
-	if err := os.WriteFile(filepath.Join(f.serverRoot, "hello.txt"), []byte("hello across the veth\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f.serveFromB(t, 8080)
+	f.serveFromB(t, 8080, "hello.txt", "hello across the veth\n")
 
 	b := e.bundle(inNamespace(f.a), "sh", "-c", fmt.Sprintf(
 		"cat /sys/class/net/%s/mtu; ip -4 addr show %s; ip route; wget -q -O - http://%s:8080/hello.txt",
