@@ -27,7 +27,21 @@ type Config struct {
 	TBSizeMiB int
 
 	Devices []Device
+
+	// MemoryFile, when set, backs the guest's RAM with that file. Shared,
+	// the guest's writes reach the file (a template being made); private,
+	// the file is mapped copy-on-write, so that the unchanged pages of every
+	// sandbox restored from one template are the same host pages.
+	MemoryFile   string
+	MemoryShared bool
+	// Restore starts QEMU waiting for a saved guest (-incoming defer)
+	// instead of booting one: the kernel, initrd and command line are then
+	// in the saved RAM, and QEMU is given none.
+	Restore bool
 }
+
+// memoryBackendID names the guest RAM's backend object when MemoryFile is set.
+const memoryBackendID = "ram"
 
 // machineOptions are the microvm properties every VM gets, checked against
 // `qemu-system-x86_64 -machine microvm,help` for QEMU 7.2 and by booting the
@@ -56,9 +70,17 @@ func (c *Config) Validate() error {
 	errs := []error{
 		checkPath("Config.Binary", c.Binary),
 		checkName("Config.Name", c.Name),
-		checkPath("Config.Kernel", c.Kernel),
 	}
-	if c.Initrd != "" {
+	if !c.Restore {
+		errs = append(errs, checkPath("Config.Kernel", c.Kernel))
+	}
+	if c.Restore && c.MemoryFile == "" {
+		errs = append(errs, errors.New("Config.Restore: needs Config.MemoryFile, the saved guest's RAM"))
+	}
+	if c.MemoryFile != "" {
+		errs = append(errs, checkPath("Config.MemoryFile", c.MemoryFile))
+	}
+	if c.Initrd != "" && !c.Restore {
 		errs = append(errs, checkPath("Config.Initrd", c.Initrd))
 	}
 	if strings.ContainsAny(c.KernelArgs, "\n\r\x00") {
@@ -93,9 +115,13 @@ func (c *Config) Args() ([]string, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid qemu config: %w", err)
 	}
+	machine := machineOptions
+	if c.MemoryFile != "" {
+		machine += ",memory-backend=" + memoryBackendID
+	}
 	args := []string{
 		"-name", "sandbox-" + c.Name,
-		"-machine", machineOptions,
+		"-machine", machine,
 	}
 	switch c.Accel {
 	case AccelKVM:
@@ -122,15 +148,28 @@ func (c *Config) Args() ([]string, error) {
 		// device-emulation bug still cannot exec, gain privileges or change
 		// resource limits.
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+	)
+	if c.MemoryFile != "" {
+		share := "off"
+		if c.MemoryShared {
+			share = "on"
+		}
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s",
+			memoryBackendID, c.MemoryMiB, escapeOptionValue(c.MemoryFile), share))
+	}
+	if c.Restore {
+		// The saved state comes later, through the monitor's migrate-incoming.
+		args = append(args, "-incoming", "defer")
+	} else {
 		// -kernel, -initrd and -append are plain strings to QEMU, not option
 		// lists, so their commas must not be doubled.
-		"-kernel", c.Kernel,
-	)
-	if c.Initrd != "" {
-		args = append(args, "-initrd", c.Initrd)
-	}
-	if c.KernelArgs != "" {
-		args = append(args, "-append", c.KernelArgs)
+		args = append(args, "-kernel", c.Kernel)
+		if c.Initrd != "" {
+			args = append(args, "-initrd", c.Initrd)
+		}
+		if c.KernelArgs != "" {
+			args = append(args, "-append", c.KernelArgs)
+		}
 	}
 	for _, device := range c.Devices {
 		args = append(args, device.Args()...)

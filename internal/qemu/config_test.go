@@ -48,6 +48,16 @@ func TestConfigArgsGolden(t *testing.T) {
 	}{
 		{golden: "tcg.golden", config: sandboxConfig(AccelTCG)},
 		{golden: "kvm.golden", config: sandboxConfig(AccelKVM)},
+		{golden: "template.golden", config: func() *Config {
+			c := sandboxConfig(AccelTCG)
+			c.MemoryFile, c.MemoryShared = "/run/husk-templates/0f1e,2d/memory", true
+			return c
+		}()},
+		{golden: "restore.golden", config: func() *Config {
+			c := sandboxConfig(AccelTCG)
+			c.MemoryFile, c.Restore = "/run/husk-templates/0f1e,2d/memory", true
+			return c
+		}()},
 		{golden: "minimal.golden", config: &Config{
 			Binary: "qemu-system-x86_64", Name: "min", Kernel: "/vmlinux",
 			CPUs: 1, MemoryMiB: 128, Accel: AccelTCG,
@@ -101,6 +111,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "auto is not an accel", mutate: func(c *Config) { c.Accel = "auto" }, wantErr: "Config.Accel"},
 		{name: "negative tb size", mutate: func(c *Config) { c.TBSizeMiB = -1 }, wantErr: "Config.TBSizeMiB"},
 		{name: "nil device", mutate: func(c *Config) { c.Devices = append(c.Devices, nil) }, wantErr: "Config.Devices[7]: nil device"},
+		{name: "restore needs no kernel", mutate: func(c *Config) { c.Kernel, c.Restore, c.MemoryFile = "", true, "/t/memory" }},
+		{name: "restore without memory file", mutate: func(c *Config) { c.Restore = true }, wantErr: "Config.Restore"},
+		{name: "memory file with newline", mutate: func(c *Config) { c.MemoryFile = "/t/memory\n" }, wantErr: "Config.MemoryFile"},
 		{name: "bad device", mutate: func(c *Config) { c.Devices[3] = Virtio9P{ID: "shared", Path: "/x"} }, wantErr: "Config.Devices[3]: Virtio9P.Tag"},
 	}
 	for _, tt := range tests {
