@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -101,8 +103,8 @@ func MountProc() error {
 }
 
 // MountSystem mounts the rest of what the kernel does not: pseudo
-// filesystems, cgroup v2 and the sandbox's shared directory.
-func MountSystem(p Params) error {
+// filesystems and cgroup v2.
+func MountSystem() error {
 	const nosuid = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	mounts := []mountPoint{
 		{"sysfs", "/sys", "sysfs", nosuid, ""},
@@ -111,7 +113,6 @@ func MountSystem(p Params) error {
 		{"tmpfs", "/dev/shm", "tmpfs", nosuid, "mode=1777"},
 		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 		{"cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, ""},
-		{channel.SharedTag, channel.GuestSharedDir, "9p", unix.MS_NODEV, fmt.Sprintf("trans=virtio,version=9p2000.L,msize=%d,cache=mmap,access=client", p.MSize)},
 	}
 	for _, m := range mounts {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -142,6 +143,56 @@ func MountSystem(p Params) error {
 		return err
 	}
 	return setLoopbackUp()
+}
+
+// MountShare mounts the sandbox's shared directory. It comes after the
+// host's hello: QEMU cannot save a guest that has the 9p share mounted, and
+// a sandbox restored from a template mounts its own.
+func MountShare(p Params) error {
+	if err := os.MkdirAll(channel.GuestSharedDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", channel.GuestSharedDir, err)
+	}
+	data := fmt.Sprintf("trans=virtio,version=9p2000.L,msize=%d,cache=mmap,access=client", p.MSize)
+	if err := unix.Mount(channel.SharedTag, channel.GuestSharedDir, "9p", unix.MS_NODEV, data); err != nil {
+		return fmt.Errorf("mounting the shared directory on %s: %w", channel.GuestSharedDir, err)
+	}
+	return nil
+}
+
+// TakeHello sets the guest's clock to the host's and reseeds its random
+// number generator with the host's entropy. Guests restored from one
+// template would otherwise all wake with the template's clock and, worse,
+// the template's random state: the same "random" bytes in every sandbox.
+func TakeHello(h channel.Hello) error {
+	ts := unix.NsecToTimespec(h.RealtimeNs)
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return fmt.Errorf("setting the guest's clock: %w", err)
+	}
+	return addEntropy(h.Entropy[:])
+}
+
+// addEntropy credits seed to the kernel's input pool and makes the kernel
+// reseed its generator from that pool at once, rather than at its next
+// scheduled reseed (up to a minute later).
+func addEntropy(seed []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening /dev/urandom: %w", err)
+	}
+	defer f.Close()
+	// struct rand_pool_info: int entropy_count (bits); int buf_size
+	// (bytes); the bytes.
+	info := make([]byte, 8+len(seed))
+	binary.NativeEndian.PutUint32(info[0:], uint32(8*len(seed)))
+	binary.NativeEndian.PutUint32(info[4:], uint32(len(seed)))
+	copy(info[8:], seed)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0]))); errno != 0 {
+		return fmt.Errorf("adding the host's entropy: %w", errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); errno != 0 {
+		return fmt.Errorf("reseeding the guest's random number generator: %w", errno)
+	}
+	return nil
 }
 
 func setLoopbackUp() error {

@@ -43,14 +43,10 @@ func Run() error {
 	if err != nil {
 		return err
 	}
-	if err := MountSystem(params); err != nil {
+	if err := MountSystem(); err != nil {
 		return err
 	}
 	port, err := OpenPort(portWait)
-	if err != nil {
-		return err
-	}
-	session, err := channel.Guest(port)
 	if err != nil {
 		return err
 	}
@@ -65,6 +61,26 @@ func Run() error {
 		logrus.SetOutput(os.Stderr)
 	}
 	server, err := newServer(svc)
+	if err != nil {
+		return err
+	}
+	// Everything above is the same in every guest booted from this image,
+	// and a template is saved while the agent waits for the hello below;
+	// everything after it is this sandbox's own.
+	if err := channel.WriteReady(port); err != nil {
+		return err
+	}
+	hello, err := channel.ReadHello(port)
+	if err != nil {
+		return err
+	}
+	if err := TakeHello(hello); err != nil {
+		return err
+	}
+	if err := MountShare(params); err != nil {
+		return err
+	}
+	session, err := channel.Guest(port)
 	if err != nil {
 		return err
 	}

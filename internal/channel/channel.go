@@ -1,9 +1,9 @@
 // Package channel is the wire between the host and husk-agent: one byte stream
 // (a virtio-serial port, or vsock where the host has it) multiplexed with yamux.
 //
-// The agent opens the first stream as soon as it is ready; the host serves
-// nothing on it but uses it as its ttrpc client connection, so "a stream
-// arrived" is the agent-ready signal. Every further stream is opened by the
+// After a short handshake (see WriteReady and WriteHello), the agent opens
+// the first stream; the host serves nothing on it but uses it as its ttrpc
+// client connection, so "a stream arrived" is the agent-ready signal. Every further stream is opened by the
 // host for one stdio stream of one process and starts with a StreamHeader.
 package channel
 
@@ -26,7 +26,7 @@ const PortName = "agent.channel.0"
 // APIVersion names the agent API a build speaks: a host and a guest image
 // work together when theirs are equal. Raise it whenever a change to
 // api/agent/v1 or to this wire would break the other side.
-const APIVersion = 2
+const APIVersion = 3
 
 // SharedTag is the 9p mount tag of the sandbox's shared directory, and
 // GuestSharedDir where the agent mounts it: a container's files appear in the
@@ -134,4 +134,80 @@ func (b *byteReader) ReadByte() (byte, error) {
 		return 0, err
 	}
 	return one[0], nil
+}
+
+// The handshake that comes before the yamux session. The agent writes
+// readyToken once the guest is prepared and then waits for the host's hello.
+// A sandbox restored from a template starts inside that wait, so everything
+// that must differ between sandboxes restored from one template happens
+// after the hello: the guest takes the host's clock and entropy from it, and
+// only then mounts the sandbox's share and opens the session.
+const readyToken = "husk-agent-ready\n"
+
+// helloMagic starts the host's hello; helloSize is the whole hello.
+const (
+	helloMagic = "husk-hello\n"
+	// EntropySize is how many random bytes a hello carries.
+	EntropySize = 64
+	helloSize   = len(helloMagic) + 8 + EntropySize
+)
+
+// Hello is what the host tells the agent before the session starts.
+type Hello struct {
+	// RealtimeNs is the host's wall clock, nanoseconds since the epoch.
+	RealtimeNs int64
+	// Entropy seeds the guest's random number generator afresh.
+	Entropy [EntropySize]byte
+}
+
+// WriteReady is the agent's side of the handshake's first half.
+func WriteReady(w io.Writer) error {
+	if _, err := io.WriteString(w, readyToken); err != nil {
+		return fmt.Errorf("announcing the agent: %w", err)
+	}
+	return nil
+}
+
+// ErrBadHandshake is a peer that did not speak the handshake: a guest image
+// or a host of another husk version, or a corrupt channel.
+var ErrBadHandshake = errors.New("bad agent handshake")
+
+// ReadReady waits for the agent's ready token.
+func ReadReady(r io.Reader) error {
+	buf := make([]byte, len(readyToken))
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return fmt.Errorf("waiting for the agent: %w", err)
+	}
+	if string(buf) != readyToken {
+		return fmt.Errorf("%w: the guest said %q", ErrBadHandshake, buf)
+	}
+	return nil
+}
+
+// WriteHello sends the host's hello.
+func WriteHello(w io.Writer, h Hello) error {
+	buf := make([]byte, 0, helloSize)
+	buf = append(buf, helloMagic...)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(h.RealtimeNs))
+	buf = append(buf, h.Entropy[:]...)
+	if _, err := w.Write(buf); err != nil {
+		return fmt.Errorf("greeting the agent: %w", err)
+	}
+	return nil
+}
+
+// ReadHello is the agent's wait for the host's hello.
+func ReadHello(r io.Reader) (Hello, error) {
+	var h Hello
+	buf := make([]byte, helloSize)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return h, fmt.Errorf("waiting for the host's hello: %w", err)
+	}
+	if string(buf[:len(helloMagic)]) != helloMagic {
+		return h, fmt.Errorf("%w: the host said %q", ErrBadHandshake, buf[:len(helloMagic)])
+	}
+	rest := buf[len(helloMagic):]
+	h.RealtimeNs = int64(binary.BigEndian.Uint64(rest))
+	copy(h.Entropy[:], rest[8:])
+	return h, nil
 }

@@ -95,3 +95,55 @@ func TestSessionsCarryStreamsBothWays(t *testing.T) {
 		t.Fatalf("stdin %q, %v", rest, err)
 	}
 }
+
+// The handshake leaves the bytes after it, the yamux session's, unread.
+func TestHandshakeRoundTripLeavesSession(t *testing.T) {
+	var toHost, toGuest bytes.Buffer
+	if err := WriteReady(&toHost); err != nil {
+		t.Fatal(err)
+	}
+	toHost.WriteString("session")
+	if err := ReadReady(&toHost); err != nil {
+		t.Fatalf("ReadReady: %v", err)
+	}
+	if rest, _ := io.ReadAll(&toHost); string(rest) != "session" {
+		t.Fatalf("after the ready token: %q", rest)
+	}
+	want := Hello{RealtimeNs: 1795781987975497907}
+	for i := range want.Entropy {
+		want.Entropy[i] = byte(i * 7)
+	}
+	if err := WriteHello(&toGuest, want); err != nil {
+		t.Fatal(err)
+	}
+	toGuest.WriteString("session")
+	got, err := ReadHello(&toGuest)
+	if err != nil {
+		t.Fatalf("ReadHello: %v", err)
+	}
+	if got != want {
+		t.Fatalf("hello = %+v, want %+v", got, want)
+	}
+	if rest, _ := io.ReadAll(&toGuest); string(rest) != "session" {
+		t.Fatalf("after the hello: %q", rest)
+	}
+}
+
+// A peer of another version, or a yamux frame where the handshake belongs,
+// is refused by name rather than misread.
+func TestHandshakeRejectsOtherSpeech(t *testing.T) {
+	yamuxFrame := []byte{0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	if err := ReadReady(bytes.NewReader(yamuxFrame)); !errors.Is(err, ErrBadHandshake) {
+		t.Errorf("ReadReady(yamux frame) = %v, want ErrBadHandshake", err)
+	}
+	hello := append([]byte("husk-hullo\n"), make([]byte, 8+EntropySize)...)
+	if _, err := ReadHello(bytes.NewReader(hello)); !errors.Is(err, ErrBadHandshake) {
+		t.Errorf("ReadHello(bad magic) = %v, want ErrBadHandshake", err)
+	}
+	if _, err := ReadHello(bytes.NewReader([]byte(helloMagic))); err == nil || errors.Is(err, ErrBadHandshake) {
+		t.Errorf("ReadHello(truncated) = %v, want a read error", err)
+	}
+	if err := ReadReady(bytes.NewReader(nil)); err == nil {
+		t.Error("ReadReady(nothing) succeeded")
+	}
+}

@@ -43,6 +43,10 @@ type Hypervisor struct {
 	MemoryMiB    int    `toml:"memory_mib" json:"memory_mib"`
 	Accel        string `toml:"accel" json:"accel"`
 	TCGTBSizeMiB int    `toml:"tcg_tb_size_mib" json:"tcg_tb_size_mib"`
+	// Template restores sandboxes from a guest booted once and saved, in
+	// TemplateDir, instead of booting each.
+	Template    bool   `toml:"template" json:"template"`
+	TemplateDir string `toml:"template_dir" json:"template_dir"`
 }
 
 // SharedFS configures the 9p share that carries rootfs and volumes.
@@ -126,6 +130,8 @@ func Default() *Config {
 			MemoryMiB:    256,
 			Accel:        "auto",
 			TCGTBSizeMiB: 32,
+			Template:     true,
+			TemplateDir:  "/run/husk-templates",
 		},
 		SharedFS: SharedFS{MSize: 512 << 10},
 		Network:  Network{Mode: NetworkTC},
@@ -197,6 +203,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("hypervisor.accel = %q: want auto, kvm or tcg", h.Accel)
 	case h.TCGTBSizeMiB < 0 || h.TCGTBSizeMiB > 2048:
 		return fmt.Errorf("hypervisor.tcg_tb_size_mib = %d: want 0 (QEMU's default) to 2048", h.TCGTBSizeMiB)
+	case h.Template && !filepath.IsAbs(h.TemplateDir):
+		return fmt.Errorf("hypervisor.template_dir = %q: want an absolute path", h.TemplateDir)
 	case c.SharedFS.MSize < 4096 || c.SharedFS.MSize > 16<<20:
 		return fmt.Errorf("shared_fs.msize = %d: want 4096 to 16777216", c.SharedFS.MSize)
 	case c.Agent.BootTimeout.Duration <= 0:

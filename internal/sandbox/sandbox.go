@@ -137,7 +137,7 @@ func Boot(opts Options) (*Sandbox, error) {
 	}
 	s := &Sandbox{dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
 		containers: map[string]*containerRecord{}, netns: opts.NetNS, netnsForNew: opts.NetNSForNew}
-	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config}
+	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config, Log: s.log}
 	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
 	if opts.Config.Runtime.DebugConsole {
 		image, err := writeDebugInitrd(opts.Dir, opts.Config.Hypervisor.Initrd)
@@ -184,7 +184,7 @@ func Boot(opts Options) (*Sandbox, error) {
 		s.network.Detach()
 		return nil, err
 	}
-	s.log.Info("guest ready", "accel", vm.Accel, "vcpus", vmOpts.CPUs, "memory_mib", vmOpts.MemoryMiB, "boot", vm.Ready.Sub(vm.Started).String(),
+	s.log.Info("guest ready", "accel", vm.Accel, "vcpus", vmOpts.CPUs, "memory_mib", vmOpts.MemoryMiB, "boot", vm.Ready.Sub(vm.Started).String(), "restored", vm.Restored,
 		"guest_ready_ns", vm.Guest.GetReadyNs(), "kernel", vm.Guest.GetKernelRelease())
 	go s.watchVM()
 	return s, nil

@@ -2,8 +2,10 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -60,6 +62,8 @@ type VM struct {
 	// Boot timings: QEMU started, agent connected; and the agent's own view.
 	Started, Ready time.Time
 	Guest          *agentapi.PingResponse
+	// Restored says that the guest was restored from a template, not booted.
+	Restored bool
 }
 
 // VMOptions says what to boot.
@@ -73,6 +77,16 @@ type VMOptions struct {
 	Taps []Tap
 	// CPUs and MemoryMiB, when set, replace the configured size.
 	CPUs, MemoryMiB int
+	// Log, when set, gets what the boot has to say (a template made, or one
+	// that could not be used).
+	Log *slog.Logger
+}
+
+func (o VMOptions) logger() *slog.Logger {
+	if o.Log != nil {
+		return o.Log
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 // Tap is a tap device's queue and the MAC address the guest's device on it
@@ -112,18 +126,30 @@ func kernelArgs(cfg *config.Config, accel qemu.Accel) string {
 	return strings.Join(args, " ")
 }
 
-// vmConfig builds QEMU's configuration for the sandbox.
-func vmConfig(opts VMOptions, accel qemu.Accel) *qemu.Config {
+// vmPaths are where a VM's QEMU writes its console and finds its monitor
+// and agent sockets and its share.
+type vmPaths struct{ console, qmp, agent, shared string }
+
+// sandboxPaths are a sandbox's: its sockets are named relative to its state
+// directory, the front door's working directory, which keeps them short.
+func sandboxPaths(dir string) vmPaths {
+	return vmPaths{console: filepath.Join(dir, ConsoleLog), qmp: qmpSocket, agent: agentSocket, shared: filepath.Join(dir, SharedDir)}
+}
+
+// vmConfig builds QEMU's configuration for the sandbox. A template is made
+// and restored with the same one (other paths, same devices in the same
+// order), as QEMU can only restore a guest into the machine it was saved from.
+func vmConfig(opts VMOptions, accel qemu.Accel, paths vmPaths) *qemu.Config {
 	h := opts.Config.Hypervisor
 	initrd := h.Initrd
 	if opts.Initrd != "" {
 		initrd = opts.Initrd
 	}
 	devices := []qemu.Device{
-		qemu.SerialConsoleToFile{Path: filepath.Join(opts.Dir, ConsoleLog)},
-		qemu.QMPClient{SocketPath: qmpSocket},
-		qemu.VirtioSerialPort{ID: "agent", SocketPath: agentSocket, Name: channel.PortName},
-		qemu.Virtio9P{ID: "shared", Path: filepath.Join(opts.Dir, SharedDir), Tag: channel.SharedTag},
+		qemu.SerialConsoleToFile{Path: paths.console},
+		qemu.QMPClient{SocketPath: paths.qmp},
+		qemu.VirtioSerialPort{ID: "agent", SocketPath: paths.agent, Name: channel.PortName},
+		qemu.Virtio9P{ID: "shared", Path: paths.shared, Tag: channel.SharedTag},
 		qemu.VirtioRNG{ID: "rng0"},
 	}
 	for i, tap := range opts.Taps {
@@ -173,14 +199,44 @@ func VMSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int)
 	return cpus, memoryMiB
 }
 
-// StartVM boots the guest and waits for its agent. The process's working
+// StartVM starts the guest and waits for its agent: restored from the
+// configuration's template where one fits (made first if there is none),
+// booted otherwise, or when the restore fails. The process's working
 // directory must be opts.Dir. On error nothing of the VM is left running.
-func StartVM(opts VMOptions) (_ *VM, retErr error) {
-	cfg := opts.Config
-	accel, _, err := qemu.ChooseAccel(cfg.Hypervisor.Accel)
+func StartVM(opts VMOptions) (*VM, error) {
+	accel, _, err := qemu.ChooseAccel(opts.Config.Hypervisor.Accel)
 	if err != nil {
 		return nil, err
 	}
+	log := opts.logger()
+	var tmpl *Template
+	if why := templateMisfit(opts); why == "" {
+		if tmpl, err = EnsureTemplate(opts, accel); err != nil {
+			log.Warn("booting the guest: no template", "err", err)
+		}
+	} else if opts.Config.Hypervisor.Template {
+		log.Debug("booting the guest: no template", "reason", why)
+	}
+	if tmpl != nil {
+		vm, err := launchVM(opts, accel, tmpl)
+		if err == nil {
+			return vm, nil
+		}
+		var restoreErr *RestoreError
+		if errors.As(err, &restoreErr) {
+			// QEMU could not load it: it will not load for the next
+			// sandbox either.
+			tmpl.Discard()
+		}
+		log.Warn("restoring the guest from its template failed; booting it", "err", err, "template", tmpl.Dir)
+	}
+	return launchVM(opts, accel, nil)
+}
+
+// launchVM starts QEMU for the sandbox and waits for its agent: a guest
+// restored from tmpl, or booted when tmpl is nil.
+func launchVM(opts VMOptions, accel qemu.Accel, tmpl *Template) (_ *VM, retErr error) {
+	cfg := opts.Config
 	sharedDir := filepath.Join(opts.Dir, SharedDir)
 	if err := os.MkdirAll(sharedDir, 0o711); err != nil {
 		return nil, fmt.Errorf("creating the shared directory: %w", err)
@@ -188,7 +244,15 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	if err := mountShareRoot(sharedDir); err != nil {
 		return nil, err
 	}
-	qcfg := vmConfig(opts, accel)
+	defer func() {
+		if retErr != nil {
+			unmountShareRoot(sharedDir)
+		}
+	}()
+	qcfg := vmConfig(opts, accel, sandboxPaths(opts.Dir))
+	if tmpl != nil {
+		qcfg.Restore, qcfg.MemoryFile = true, tmpl.memoryFile()
+	}
 	args, err := qcfg.Args()
 	if err != nil {
 		return nil, fmt.Errorf("qemu configuration: %w", err)
@@ -213,17 +277,55 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 	defer logFile.Close()
 
 	vm := &VM{Accel: accel, exited: make(chan struct{}), sharedDir: sharedDir}
-	vm.cmd = exec.Command(cfg.Hypervisor.Path, args...)
-	vm.cmd.Stdout, vm.cmd.Stderr = logFile, logFile
+	var taps []*os.File
 	for _, tap := range opts.Taps {
-		vm.cmd.ExtraFiles = append(vm.cmd.ExtraFiles, tap.File)
+		taps = append(taps, tap.File)
 	}
-	// QEMU must never outlive its front door (daemon or shim): the kernel
-	// kills it when the thread that started it ends, so that thread stays
-	// locked and alive for as long as QEMU runs. It gets a network namespace
-	// of its own, empty: it needs none (its sockets are paths, a tap comes
-	// as a descriptor), and a caller that takes the task's pid for a
-	// container's (ctr run --cni) must not reach the host's network.
+	if err := vm.start(cfg.Hypervisor.Path, args, "", logFile, taps); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			vm.Kill()
+		}
+	}()
+
+	deadline := vm.Started.Add(cfg.Agent.BootTimeout.Duration)
+	qmpConn, err := vm.accept(qmpL, time.Until(deadline))
+	if err == nil {
+		err = vm.openQMP(qmpConn, deadline)
+	}
+	if err == nil && tmpl != nil {
+		err = vm.restore(tmpl, deadline)
+	}
+	if err == nil {
+		err = vm.connect(agentL, deadline, tmpl == nil)
+	}
+	if err != nil {
+		var restoreErr *RestoreError
+		if errors.As(err, &restoreErr) {
+			return nil, err
+		}
+		return nil, &BootError{Timeout: cfg.Agent.BootTimeout.Duration, Cause: err}
+	}
+	vm.Ready = time.Now()
+	vm.Restored = tmpl != nil
+	go vm.watchChannel()
+	return vm, nil
+}
+
+// start runs QEMU. QEMU must never outlive its front door (daemon or
+// shim): the kernel kills it when the thread that started it ends, so that
+// thread stays locked and alive for as long as QEMU runs. QEMU gets a
+// network namespace of its own, empty: it needs none (its sockets are
+// paths, a tap comes as a descriptor), and a caller that takes the task's
+// pid for a container's (ctr run --cni) must not reach the host's network.
+// QEMU runs in dir, or in husk's working directory if dir is "".
+func (vm *VM) start(binary string, args []string, dir string, logFile *os.File, extraFiles []*os.File) error {
+	vm.cmd = exec.Command(binary, args...)
+	vm.cmd.Dir = dir
+	vm.cmd.Stdout, vm.cmd.Stderr = logFile, logFile
+	vm.cmd.ExtraFiles = extraFiles
 	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Cloneflags: syscall.CLONE_NEWNET}
 	started := make(chan error, 1)
 	go func() {
@@ -238,22 +340,10 @@ func StartVM(opts VMOptions) (_ *VM, retErr error) {
 		close(vm.exited)
 	}()
 	if err := <-started; err != nil {
-		return nil, fmt.Errorf("starting qemu: %w", err)
+		return fmt.Errorf("starting qemu: %w", err)
 	}
 	vm.Started = time.Now()
-	defer func() {
-		if retErr != nil {
-			vm.Kill()
-		}
-	}()
-
-	deadline := vm.Started.Add(cfg.Agent.BootTimeout.Duration)
-	if err := vm.connect(agentL, qmpL, deadline); err != nil {
-		return nil, &BootError{Timeout: cfg.Agent.BootTimeout.Duration, Cause: err}
-	}
-	vm.Ready = time.Now()
-	go vm.watchChannel()
-	return vm, nil
+	return nil
 }
 
 // watchChannel ends QEMU when the agent channel ends while QEMU runs: a
@@ -299,21 +389,34 @@ func (e *BootError) Error() string {
 
 func (e *BootError) Unwrap() error { return e.Cause }
 
-// connect takes QEMU's monitor and agent connections and waits for the
-// agent's first stream, all before deadline.
-func (vm *VM) connect(agentL, qmpL *net.UnixListener, deadline time.Time) error {
-	qmpConn, err := vm.accept(qmpL, time.Until(deadline))
-	if err != nil {
+// openQMP takes QEMU's monitor connection.
+func (vm *VM) openQMP(conn net.Conn, deadline time.Time) error {
+	_ = conn.SetDeadline(deadline)
+	var err error
+	if vm.qmp, err = qemu.NewQMP(conn); err != nil {
 		return fmt.Errorf("qemu's monitor: %w", err)
 	}
-	_ = qmpConn.SetDeadline(deadline)
-	if vm.qmp, err = qemu.NewQMP(qmpConn); err != nil {
-		return fmt.Errorf("qemu's monitor: %w", err)
-	}
+	return nil
+}
+
+// connect takes QEMU's agent connection, greets the agent (after its ready
+// token when the guest booted: a restored guest said it to the template's
+// host), and waits for the agent's first stream, all before deadline.
+func (vm *VM) connect(agentL *net.UnixListener, deadline time.Time, booted bool) error {
 	agentConn, err := vm.accept(agentL, time.Until(deadline))
 	if err != nil {
 		return fmt.Errorf("qemu's agent channel: %w", err)
 	}
+	_ = agentConn.SetDeadline(deadline)
+	if booted {
+		if err := vm.awaitReady(agentConn); err != nil {
+			return err
+		}
+	}
+	if err := channel.WriteHello(agentConn, newHello()); err != nil {
+		return err
+	}
+	_ = agentConn.SetDeadline(time.Time{})
 	if vm.session, err = channel.Host(agentConn); err != nil {
 		return err
 	}
@@ -329,6 +432,27 @@ func (vm *VM) connect(agentL, qmpL *net.UnixListener, deadline time.Time) error 
 		return fmt.Errorf("pinging the agent: %w", err)
 	}
 	return nil
+}
+
+// awaitReady reads the agent's ready token; QEMU's exit ends the wait with
+// its error rather than a bare end of file.
+func (vm *VM) awaitReady(conn net.Conn) error {
+	err := channel.ReadReady(conn)
+	if err != nil {
+		select {
+		case <-vm.exited:
+			return vm.exitError()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+// newHello is the host's hello: its clock and fresh entropy.
+func newHello() channel.Hello {
+	h := channel.Hello{RealtimeNs: time.Now().UnixNano()}
+	_, _ = rand.Read(h.Entropy[:]) // never fails on Linux
+	return h
 }
 
 func listenUnix(name string) (*net.UnixListener, error) {

@@ -37,7 +37,7 @@ func TestVMConfigIsValid(t *testing.T) {
 	cfg := config.Default()
 	cfg.Hypervisor.Kernel = "/k"
 	cfg.Hypervisor.Initrd = "/i"
-	qcfg := vmConfig(VMOptions{ID: "c1", Dir: "/run/husk/c1", Config: cfg}, qemu.AccelTCG)
+	qcfg := vmConfig(VMOptions{ID: "c1", Dir: "/run/husk/c1", Config: cfg}, qemu.AccelTCG, sandboxPaths("/run/husk/c1"))
 	args, err := qcfg.Args()
 	if err != nil {
 		t.Fatal(err)
@@ -50,9 +50,28 @@ func TestVMConfigIsValid(t *testing.T) {
 	}
 }
 
-// BenchmarkBoot measures QEMU start to agent ready, and the guest's own
-// part of it, on the built kernel and initrd (make all).
+// BenchmarkBoot measures QEMU start to agent ready for a guest that boots,
+// and the guest's own part of it, on the built kernel and initrd (make all).
 func BenchmarkBoot(b *testing.B) {
+	cfg := benchConfig(b)
+	cfg.Hypervisor.Template = false
+	total, guest := startVMs(b, cfg)
+	b.ReportMetric(float64(median(total).Milliseconds()), "ms-qemu-to-agent-median")
+	b.ReportMetric(float64(median(guest).Milliseconds()), "ms-guest-kernel-to-agent-median")
+}
+
+// BenchmarkRestore measures QEMU start to agent ready for a guest restored
+// from a template (made before the timing starts, in a directory of its own).
+func BenchmarkRestore(b *testing.B) {
+	cfg := benchConfig(b)
+	cfg.Hypervisor.TemplateDir = b.TempDir()
+	startVMs(b, cfg) // the template is made once, untimed
+	b.ResetTimer()
+	total, _ := startVMs(b, cfg)
+	b.ReportMetric(float64(median(total).Milliseconds()), "ms-qemu-to-agent-median")
+}
+
+func benchConfig(b *testing.B) *config.Config {
 	build, _ := filepath.Abs("../../build")
 	cfg := config.Default()
 	cfg.Hypervisor.Kernel = filepath.Join(build, "vmlinux")
@@ -63,9 +82,15 @@ func BenchmarkBoot(b *testing.B) {
 	if err := cfg.CheckAssets(); err != nil {
 		b.Skipf("needs the built guest: %v", err)
 	}
+	return cfg
+}
+
+// startVMs starts b.N guests one after another, each stopped before the
+// next, and returns QEMU start to agent ready and the agent's own ready
+// time for each.
+func startVMs(b *testing.B, cfg *config.Config) (total, guest []time.Duration) {
 	wd, _ := os.Getwd()
 	defer os.Chdir(wd)
-	var total, guest []time.Duration
 	for i := 0; i < b.N; i++ {
 		dir := b.TempDir()
 		if err := os.Chdir(dir); err != nil {
@@ -75,12 +100,14 @@ func BenchmarkBoot(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		if cfg.Hypervisor.Template != vm.Restored {
+			b.Fatalf("restored = %v with template = %v", vm.Restored, cfg.Hypervisor.Template)
+		}
 		total = append(total, vm.Ready.Sub(vm.Started))
 		guest = append(guest, time.Duration(vm.Guest.GetReadyNs()))
 		vm.Stop(stopTimeout)
 	}
-	b.ReportMetric(float64(median(total).Milliseconds()), "ms-qemu-to-agent-median")
-	b.ReportMetric(float64(median(guest).Milliseconds()), "ms-guest-kernel-to-agent-median")
+	return total, guest
 }
 
 func median(ds []time.Duration) time.Duration {

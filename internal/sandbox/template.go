@@ -1,0 +1,431 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/husk-runtime/husk/internal/channel"
+	"github.com/husk-runtime/husk/internal/qemu"
+	"github.com/husk-runtime/husk/internal/version"
+)
+
+// A Template is a guest booted once and saved by QEMU while its agent waits
+// for the host's hello: its RAM in memoryName, QEMU's device state in
+// stateName. Sandboxes of the same configuration restore it instead of
+// booting. Each maps the RAM file copy-on-write, so the pages that no guest
+// changed (the kernel, the agent, most of what the boot set up) are one set
+// of host pages for all of them, and a restored guest skips the kernel's
+// boot, which under TCG is also the translation of all the code it runs.
+//
+// A template holds nothing of any sandbox: the agent takes the host's clock
+// and fresh entropy, mounts the sandbox's share and opens the channel only
+// after the hello.
+type Template struct {
+	// Dir is the template's directory: TemplateDir/<fingerprint>.
+	Dir string
+}
+
+const (
+	templateMemory = "memory"
+	templateState  = "state"
+	// templateFailedSuffix marks a fingerprint whose template could not be
+	// made, so that every create does not try again at once.
+	templateFailedSuffix = ".failed"
+	templateRetry        = time.Minute
+)
+
+func (t *Template) memoryFile() string { return filepath.Join(t.Dir, templateMemory) }
+func (t *Template) stateFile() string  { return filepath.Join(t.Dir, templateState) }
+
+// ready says whether the template is complete: its directory appears, by a
+// rename, only once both files are written.
+func (t *Template) ready() bool {
+	_, err := os.Stat(t.stateFile())
+	return err == nil
+}
+
+// Discard removes the template. Guests restored from it keep their mapping
+// of its memory file.
+func (t *Template) Discard() { _ = os.RemoveAll(t.Dir) }
+
+// templateMisfit says why the sandbox cannot be restored from a template,
+// or "" if it can. A template's machine has no network device, and the
+// debug console's guest image is made per sandbox.
+func templateMisfit(opts VMOptions) string {
+	switch {
+	case !opts.Config.Hypervisor.Template:
+		return "hypervisor.template is off"
+	case len(opts.Taps) > 0:
+		return "the sandbox has network interfaces"
+	case opts.Initrd != "":
+		return "the sandbox has its own guest image (debug console)"
+	}
+	return ""
+}
+
+// templatePaths are a template's QEMU paths while it is being made. QEMU
+// runs in the template's directory and names its sockets relative to it,
+// as a sandbox's does: a socket's path must fit in 108 bytes, and the
+// template directory's may not.
+func templatePaths(dir string) vmPaths {
+	return vmPaths{
+		console: filepath.Join(dir, ConsoleLog),
+		qmp:     qmpSocket,
+		agent:   agentSocket,
+		shared:  filepath.Join(dir, SharedDir),
+	}
+}
+
+// TemplateFingerprint names the template of a sandbox's VM: everything that
+// shapes the saved guest. That is QEMU's arguments (the machine, its size,
+// its devices in order, the kernel command line), the QEMU, kernel and initrd
+// files as they are now, and this husk's version and agent API.
+func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
+	qcfg := vmConfig(opts, accel, vmPaths{console: "/console", qmp: "/qmp", agent: "/agent", shared: "/shared"})
+	qcfg.Name = "template"
+	args, err := qcfg.Args()
+	if err != nil {
+		return "", fmt.Errorf("qemu configuration: %w", err)
+	}
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(args)
+	fmt.Fprintf(h, "%s\x00%d\x00", version.Version, channel.APIVersion)
+	for _, path := range []string{qcfg.Binary, qcfg.Kernel, qcfg.Initrd} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %d %d\x00", path, fi.Size(), fi.ModTime().UnixNano())
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// EnsureTemplate returns the sandbox's template, made now if there is none.
+// Creates of the same configuration wait for the one that makes it.
+func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
+	fingerprint, err := TemplateFingerprint(opts, accel)
+	if err != nil {
+		return nil, err
+	}
+	root := opts.Config.Hypervisor.TemplateDir
+	t := &Template{Dir: filepath.Join(root, fingerprint)}
+	if t.ready() {
+		return t, nil
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("creating the template directory: %w", err)
+	}
+	unlock, err := lockFile(filepath.Join(root, fingerprint+".lock"))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if t.ready() {
+		return t, nil
+	}
+	failed := filepath.Join(root, fingerprint+templateFailedSuffix)
+	if fi, err := os.Stat(failed); err == nil && time.Since(fi.ModTime()) < templateRetry {
+		why, _ := os.ReadFile(failed)
+		return nil, fmt.Errorf("making the template failed %s ago: %s", time.Since(fi.ModTime()).Round(time.Second), strings.TrimSpace(string(why)))
+	}
+	log := opts.logger()
+	began := time.Now()
+	if err := makeTemplate(opts, accel, t); err != nil {
+		_ = os.WriteFile(failed, []byte(err.Error()+"\n"), 0o600)
+		return nil, fmt.Errorf("making the template: %w", err)
+	}
+	_ = os.Remove(failed)
+	log.Info("template made", "template", t.Dir, "took", time.Since(began).String())
+	pruneTemplates(root, fingerprint)
+	return t, nil
+}
+
+// lockFile takes an exclusive lock on path, waiting for it.
+func lockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// pruneTemplates removes the templates of earlier kernels, images or
+// settings of the same VM size: they would never be used again. Guests
+// restored from them keep their mappings.
+func pruneTemplates(root, keep string) {
+	kept, err := os.Stat(filepath.Join(root, keep, templateMemory))
+	if err != nil {
+		return
+	}
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		name := e.Name()
+		if name == keep || !e.IsDir() || strings.Contains(name, ".") {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(root, name, templateMemory))
+		if err == nil && fi.Size() == kept.Size() {
+			_ = os.RemoveAll(filepath.Join(root, name))
+			_ = os.Remove(filepath.Join(root, name+".lock"))
+			_ = os.Remove(filepath.Join(root, name+templateFailedSuffix))
+		}
+	}
+}
+
+// makeTemplate boots the guest with its RAM in a shared file, waits for the
+// agent's ready token, and has QEMU save the machine's state beside the file.
+// Only RAM that the guest wrote takes space in the file (it is sparse), and
+// the state stream leaves the RAM out (QEMU's x-ignore-shared).
+func makeTemplate(opts VMOptions, accel qemu.Accel, t *Template) (retErr error) {
+	root := filepath.Dir(t.Dir)
+	tmp, err := os.MkdirTemp(root, filepath.Base(t.Dir)+".making-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	paths := templatePaths(tmp)
+	if err := os.Mkdir(paths.shared, 0o700); err != nil {
+		return err
+	}
+	qcfg := vmConfig(opts, accel, paths)
+	qcfg.Name = "template-" + filepath.Base(t.Dir)
+	qcfg.MemoryFile, qcfg.MemoryShared = filepath.Join(tmp, templateMemory), true
+	args, err := qcfg.Args()
+	if err != nil {
+		return fmt.Errorf("qemu configuration: %w", err)
+	}
+	// husk reaches the same sockets through a short path of its own: the
+	// directory's descriptor.
+	dir, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	at := fmt.Sprintf("/proc/self/fd/%d/", dir.Fd())
+	agentL, err := listenUnix(at + paths.agent)
+	if err != nil {
+		return err
+	}
+	defer agentL.Close()
+	qmpL, err := listenUnix(at + paths.qmp)
+	if err != nil {
+		return err
+	}
+	defer qmpL.Close()
+	logFile, err := os.Create(filepath.Join(tmp, QEMULog))
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+
+	vm := &VM{Accel: accel, exited: make(chan struct{})}
+	if err := vm.start(qcfg.Binary, args, tmp, logFile, nil); err != nil {
+		return err
+	}
+	defer vm.Kill()
+	deadline := vm.Started.Add(opts.Config.Agent.BootTimeout.Duration)
+	withLog := func(err error) error {
+		out, _ := os.ReadFile(filepath.Join(tmp, QEMULog))
+		if s := strings.TrimSpace(string(out)); s != "" {
+			return fmt.Errorf("%w (qemu: %s)", err, s)
+		}
+		return err
+	}
+	qmpConn, err := vm.accept(qmpL, time.Until(deadline))
+	if err != nil {
+		return withLog(fmt.Errorf("qemu's monitor: %w", err))
+	}
+	if err := vm.openQMP(qmpConn, deadline); err != nil {
+		return withLog(err)
+	}
+	agentConn, err := vm.accept(agentL, time.Until(deadline))
+	if err != nil {
+		return withLog(fmt.Errorf("qemu's agent channel: %w", err))
+	}
+	defer agentConn.Close()
+	_ = agentConn.SetDeadline(deadline)
+	if err := vm.awaitReady(agentConn); err != nil {
+		return withLog(fmt.Errorf("booting the template's guest: %w", err))
+	}
+	if err := vm.save(filepath.Join(tmp, templateState), at+migrationSocket, deadline); err != nil {
+		return withLog(err)
+	}
+	vm.Kill()
+	for _, name := range []string{ConsoleLog, QEMULog, qmpSocket, agentSocket, SharedDir} {
+		_ = os.Remove(filepath.Join(tmp, name))
+	}
+	if err := os.Rename(tmp, t.Dir); err != nil {
+		return fmt.Errorf("putting the template in place: %w", err)
+	}
+	return nil
+}
+
+// migrationSocket is where the state stream crosses between QEMU and husk,
+// in either direction. QEMU's seccomp filter forbids the exec: URIs, and
+// QEMU 7.2 has no file: URI.
+const migrationSocket = "migration.sock"
+
+// ignoreShared makes QEMU leave RAM that is mapped from a file out of the
+// state stream, on the saving and the restoring side alike: the file is
+// the RAM.
+var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+
+// save stops the guest and writes QEMU's state, without its RAM, to path;
+// the state crosses migrationSocket in QEMU's working directory, which is
+// sock for husk.
+func (vm *VM) save(path, sock string, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if _, err := vm.qmp.Execute(ctx, "stop", nil); err != nil {
+		return fmt.Errorf("pausing the guest: %w", err)
+	}
+	if _, err := vm.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return fmt.Errorf("qemu cannot leave the RAM out of its state: %w", err)
+	}
+	l, err := listenUnix(sock)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	defer os.Remove(sock)
+	if _, err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + migrationSocket}); err != nil {
+		return fmt.Errorf("saving the guest: %w", err)
+	}
+	conn, err := vm.accept(l, time.Until(deadline))
+	if err != nil {
+		return fmt.Errorf("saving the guest: %w", err)
+	}
+	defer conn.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_ = conn.SetDeadline(deadline)
+	if _, err := io.Copy(f, conn); err != nil {
+		return fmt.Errorf("saving the guest: %w", err)
+	}
+	// QEMU closes the stream when it has written all; the migration's own
+	// status says whether all went.
+	status, err := vm.migrationStatus(ctx, "query-migrate", "completed", "failed", "cancelled")
+	if err != nil {
+		return fmt.Errorf("saving the guest: %w", err)
+	}
+	if status != "completed" {
+		return fmt.Errorf("saving the guest: migration %s", status)
+	}
+	return f.Sync()
+}
+
+// RestoreError is a template that QEMU refused to restore.
+type RestoreError struct{ Cause error }
+
+func (e *RestoreError) Error() string { return "restoring the template: " + e.Cause.Error() }
+func (e *RestoreError) Unwrap() error { return e.Cause }
+
+// restore loads the template's state into QEMU, started with -incoming
+// defer and the template's RAM file; QEMU runs the guest as soon as the
+// state is in.
+func (vm *VM) restore(t *Template, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	// Only QEMU's refusal of the state condemns the template; a restore that
+	// ran out of time on a loaded host does not.
+	fail := func(err error) error {
+		select {
+		case <-vm.exited: // QEMU says why in its log
+			return &RestoreError{Cause: fmt.Errorf("%w: %v", err, vm.exitError())}
+		case <-time.After(50 * time.Millisecond):
+		}
+		return fmt.Errorf("restoring the template: %w", err)
+	}
+	state, err := os.Open(t.stateFile())
+	if err != nil {
+		return fmt.Errorf("restoring the template: %w", err)
+	}
+	defer state.Close()
+	if _, err := vm.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return fail(err)
+	}
+	_ = os.Remove(migrationSocket)
+	defer os.Remove(migrationSocket)
+	if _, err := vm.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "unix:" + migrationSocket}); err != nil {
+		return fail(err)
+	}
+	conn, err := net.DialTimeout("unix", migrationSocket, time.Until(deadline))
+	if err != nil {
+		return fail(err)
+	}
+	_ = conn.SetDeadline(deadline)
+	_, err = io.Copy(conn, state)
+	conn.Close()
+	if err != nil {
+		return fail(err)
+	}
+	// The template was saved paused, so its guest comes back paused.
+	status, err := vm.migrationStatus(ctx, "query-status", "paused", "running", "internal-error", "shutdown")
+	if err != nil {
+		return fail(err)
+	}
+	switch status {
+	case "paused":
+		if _, err := vm.qmp.Execute(ctx, "cont", nil); err != nil {
+			return fail(fmt.Errorf("running the restored guest: %w", err))
+		}
+	case "running":
+	default:
+		return &RestoreError{Cause: fmt.Errorf("the guest is %s after loading its state", status)}
+	}
+	return nil
+}
+
+// migrationStatus polls QEMU with query (query-migrate or query-status)
+// until its status is one of final, and returns it.
+func (vm *VM) migrationStatus(ctx context.Context, query string, final ...string) (string, error) {
+	for {
+		raw, err := vm.qmp.Execute(ctx, query, nil)
+		if err != nil {
+			return "", err
+		}
+		var reply struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(raw, &reply); err != nil {
+			return "", fmt.Errorf("%s: %w", query, err)
+		}
+		for _, f := range final {
+			if reply.Status == f {
+				return reply.Status, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%s: still %q: %w", query, reply.Status, ctx.Err())
+		case <-vm.exited:
+			return "", vm.exitError()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
