@@ -33,9 +33,22 @@ func configureInterface(iface *agentapi.NetworkInterface) error {
 	if err != nil {
 		return err
 	}
-	link, err := linkByMAC(mac)
+	device := mac
+	if d := iface.GetDeviceMac(); d != "" {
+		if device, err = net.ParseMAC(d); err != nil {
+			return err
+		}
+	}
+	link, err := linkByMAC(device)
 	if err != nil {
 		return err
+	}
+	if device.String() != mac.String() {
+		// virtio-net passes the new address to QEMU, whose device then
+		// takes frames for it.
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return fmt.Errorf("setting the MAC address %s: %w", mac, err)
+		}
 	}
 	if name := iface.GetName(); name != "" && name != link.Attrs().Name {
 		if err := netlink.LinkSetDown(link); err != nil {

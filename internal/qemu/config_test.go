@@ -53,6 +53,12 @@ func TestConfigArgsGolden(t *testing.T) {
 			c.MemoryFile, c.MemoryShared = "/run/husk-templates/0f1e,2d/memory", true
 			return c
 		}()},
+		{golden: "template-net.golden", config: func() *Config {
+			c := sandboxConfig(AccelTCG)
+			c.MemoryFile, c.MemoryShared = "/run/husk-templates/0f1e,2d/memory", true
+			c.Devices[len(c.Devices)-1] = VirtioNetTap{ID: "net0", IfName: "tap6", MAC: "02:68:75:73:6b:00"}
+			return c
+		}()},
 		{golden: "restore.golden", config: func() *Config {
 			c := sandboxConfig(AccelTCG)
 			c.MemoryFile, c.Restore = "/run/husk-templates/0f1e,2d/memory", true
@@ -182,6 +188,8 @@ func TestDeviceValid(t *testing.T) {
 		{name: "net bad mac", device: VirtioNetTap{ID: "net0", FD: 3, MAC: "02:42"}, wantErr: "VirtioNetTap.MAC"},
 		{name: "net stdio fd", device: VirtioNetTap{ID: "net0", FD: 1, MAC: "02:42:ac:11:00:02"}, wantErr: "VirtioNetTap.FD"},
 		{name: "net empty id", device: VirtioNetTap{FD: 3, MAC: "02:42:ac:11:00:02"}, wantErr: "VirtioNetTap.ID"},
+		{name: "net made by qemu", device: VirtioNetTap{ID: "net0", IfName: "tap0", MAC: "02:42:ac:11:00:02"}},
+		{name: "net bad ifname", device: VirtioNetTap{ID: "net0", IfName: "tap0,script=/x", MAC: "02:42:ac:11:00:02"}, wantErr: "VirtioNetTap.IfName"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

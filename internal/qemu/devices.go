@@ -155,6 +155,11 @@ type VirtioNetTap struct {
 	ID  string
 	FD  int    // QEMU's descriptor number for the tap's queue
 	MAC string // the guest's MAC address for the device
+	// IfName, when set, has QEMU create a tap of that name itself, in its
+	// own network namespace, instead of inheriting FD: a template's guest
+	// gets its devices that way, as a tap with virtio-net headers, like
+	// the ones later guests restored from it get.
+	IfName string
 }
 
 // Valid implements Device.
@@ -164,7 +169,9 @@ func (d VirtioNetTap) Valid() error {
 		macErr = fmt.Errorf("VirtioNetTap.MAC %q: %w", d.MAC, err)
 	}
 	var fdErr error
-	if d.FD < 3 {
+	if d.IfName != "" {
+		fdErr = checkID("VirtioNetTap.IfName", d.IfName)
+	} else if d.FD < 3 {
 		fdErr = fmt.Errorf("VirtioNetTap.FD %d: must be an inherited descriptor (3 or more)", d.FD)
 	}
 	return errors.Join(checkID("VirtioNetTap.ID", d.ID), macErr, fdErr)
@@ -172,8 +179,12 @@ func (d VirtioNetTap) Valid() error {
 
 // Args implements Device.
 func (d VirtioNetTap) Args() []string {
+	netdev := fmt.Sprintf("tap,id=%s,fd=%d", d.ID, d.FD)
+	if d.IfName != "" {
+		netdev = fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no,vnet_hdr=on", d.ID, d.IfName)
+	}
 	return []string{
-		"-netdev", fmt.Sprintf("tap,id=%s,fd=%d", d.ID, d.FD),
+		"-netdev", netdev,
 		"-device", "virtio-net-device,netdev=" + d.ID + ",mac=" + d.MAC,
 	}
 }

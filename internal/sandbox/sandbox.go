@@ -197,8 +197,11 @@ func (s *Sandbox) configureNetwork() error {
 		return nil
 	}
 	req := &agentapi.ConfigureNetworkRequest{}
-	for _, ep := range s.network.Endpoints {
+	for i, ep := range s.network.Endpoints {
 		iface := &agentapi.NetworkInterface{Name: ep.Interface.Name, Mac: ep.Interface.MAC.String(), Mtu: uint32(ep.Interface.MTU)}
+		if s.vm.Restored {
+			iface.DeviceMac = placeholderMAC(i)
+		}
 		for _, a := range ep.Interface.Addresses {
 			iface.Addresses = append(iface.Addresses, a.String())
 		}

@@ -11,12 +11,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/husk-runtime/husk/internal/channel"
+	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/qemu"
 	"github.com/husk-runtime/husk/internal/version"
 )
@@ -56,23 +58,47 @@ func (t *Template) ready() bool {
 	return err == nil
 }
 
+// touch marks the template used now, for pruneTemplates.
+func (t *Template) touch() {
+	now := time.Now()
+	_ = os.Chtimes(t.Dir, now, now)
+}
+
 // Discard removes the template. Guests restored from it keep their mapping
 // of its memory file.
 func (t *Template) Discard() { _ = os.RemoveAll(t.Dir) }
 
 // templateMisfit says why the sandbox cannot be restored from a template,
-// or "" if it can. A template's machine has no network device, and the
-// debug console's guest image is made per sandbox.
+// or "" if it can. A macvtap's queue offers the guest other features than
+// the tap a template is made with, and the debug console's guest image is
+// made per sandbox.
 func templateMisfit(opts VMOptions) string {
 	switch {
 	case !opts.Config.Hypervisor.Template:
 		return "hypervisor.template is off"
-	case len(opts.Taps) > 0:
-		return "the sandbox has network interfaces"
+	case len(opts.Taps) > 0 && opts.Config.Network.Mode != config.NetworkTC:
+		return "the sandbox's network is joined in " + opts.Config.Network.Mode + " mode"
 	case opts.Initrd != "":
 		return "the sandbox has its own guest image (debug console)"
 	}
 	return ""
+}
+
+// placeholderMAC is the MAC address of a template's n-th network device,
+// which every guest restored from it has until its agent gives the device
+// the interface's own: QEMU restores the address with the device, whatever
+// its command line says.
+func placeholderMAC(n int) string { return fmt.Sprintf("02:68:75:73:6b:%02x", n) }
+
+// withPlaceholderMACs is opts with its taps' addresses replaced by the
+// template's, as a template is made and restored.
+func withPlaceholderMACs(opts VMOptions) VMOptions {
+	taps := make([]Tap, len(opts.Taps))
+	for i, tap := range opts.Taps {
+		taps[i] = Tap{File: tap.File, MAC: placeholderMAC(i)}
+	}
+	opts.Taps = taps
+	return opts
 }
 
 // templatePaths are a template's QEMU paths while it is being made. QEMU
@@ -89,19 +115,16 @@ func templatePaths(dir string) vmPaths {
 }
 
 // TemplateFingerprint names the template of a sandbox's VM: everything that
-// shapes the saved guest. That is QEMU's arguments (the machine, its size,
-// its devices in order, the kernel command line), the QEMU, kernel and initrd
-// files as they are now, and this husk's version and agent API.
+// shapes the saved guest. That is its family (see templateFamily), the
+// QEMU, kernel and initrd files as they are now, and this husk's version and
+// agent API.
 func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
-	qcfg := vmConfig(opts, accel, vmPaths{console: "/console", qmp: "/qmp", agent: "/agent", shared: "/shared"})
-	qcfg.Name = "template"
-	args, err := qcfg.Args()
+	qcfg, family, err := templateFamily(opts, accel)
 	if err != nil {
-		return "", fmt.Errorf("qemu configuration: %w", err)
+		return "", err
 	}
 	h := sha256.New()
-	_ = json.NewEncoder(h).Encode(args)
-	fmt.Fprintf(h, "%s\x00%d\x00", version.Version, channel.APIVersion)
+	fmt.Fprintf(h, "%s\x00%s\x00%d\x00", family, version.Version, channel.APIVersion)
 	for _, path := range []string{qcfg.Binary, qcfg.Kernel, qcfg.Initrd} {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -110,6 +133,22 @@ func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
 		fmt.Fprintf(h, "%s %d %d\x00", path, fi.Size(), fi.ModTime().UnixNano())
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// templateFamily hashes QEMU's arguments for the sandbox's VM, with its own
+// paths left out: the machine, its size, its devices in order, the kernel
+// command line. A new template replaces the older ones of its family (made
+// from other files or by another husk), which no guest would restore again.
+func templateFamily(opts VMOptions, accel qemu.Accel) (*qemu.Config, string, error) {
+	qcfg := vmConfig(withPlaceholderMACs(opts), accel, vmPaths{console: "/console", qmp: "/qmp", agent: "/agent", shared: "/shared"})
+	qcfg.Name = "template"
+	args, err := qcfg.Args()
+	if err != nil {
+		return nil, "", fmt.Errorf("qemu configuration: %w", err)
+	}
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(args)
+	return qcfg, hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 // EnsureTemplate returns the sandbox's template, made now if there is none.
@@ -122,6 +161,7 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 	root := opts.Config.Hypervisor.TemplateDir
 	t := &Template{Dir: filepath.Join(root, fingerprint)}
 	if t.ready() {
+		t.touch()
 		return t, nil
 	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
@@ -171,27 +211,54 @@ func lockFile(path string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// pruneTemplates removes the templates of earlier kernels, images or
-// settings of the same VM size: they would never be used again. Guests
-// restored from them keep their mappings.
+// familyFile holds a template's family (templateFamily).
+const familyFile = "family"
+
+// maxTemplates bounds the templates kept: each holds the RAM its guest wrote
+// while it booted (tens of MiB, on a tmpfs), and every VM size (a container's
+// memory limit or CPU quota changes it) and debug setting has its own.
+const maxTemplates = 8
+
+// pruneTemplates removes the other templates of keep's family, which no
+// guest would restore again, and the least recently used beyond
+// maxTemplates. Guests restored from them keep their mappings.
 func pruneTemplates(root, keep string) {
-	kept, err := os.Stat(filepath.Join(root, keep, templateMemory))
+	family, err := os.ReadFile(filepath.Join(root, keep, familyFile))
 	if err != nil {
 		return
 	}
+	type kept struct {
+		name string
+		used time.Time
+	}
+	var others []kept
 	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		name := e.Name()
 		if name == keep || !e.IsDir() || strings.Contains(name, ".") {
 			continue
 		}
-		fi, err := os.Stat(filepath.Join(root, name, templateMemory))
-		if err == nil && fi.Size() == kept.Size() {
-			_ = os.RemoveAll(filepath.Join(root, name))
-			_ = os.Remove(filepath.Join(root, name+".lock"))
-			_ = os.Remove(filepath.Join(root, name+templateFailedSuffix))
+		theirs, err := os.ReadFile(filepath.Join(root, name, familyFile))
+		if err == nil && string(theirs) == string(family) {
+			removeTemplate(root, name)
+			continue
+		}
+		if info, err := e.Info(); err == nil {
+			others = append(others, kept{name, info.ModTime()})
 		}
 	}
+	sort.Slice(others, func(i, j int) bool { return others[i].used.After(others[j].used) })
+	for i, o := range others {
+		if i+1 >= maxTemplates { // keep counts as one
+			removeTemplate(root, o.name)
+		}
+	}
+}
+
+func removeTemplate(root, name string) {
+	_ = os.RemoveAll(filepath.Join(root, name))
+	_ = os.Remove(filepath.Join(root, name+".lock"))
+	_ = os.Remove(filepath.Join(root, name+templateFailedSuffix))
 }
 
 // makeTemplate boots the guest with its RAM in a shared file, waits for the
@@ -209,8 +276,15 @@ func makeTemplate(opts VMOptions, accel qemu.Accel, t *Template) (retErr error) 
 	if err := os.Mkdir(paths.shared, 0o700); err != nil {
 		return err
 	}
-	qcfg := vmConfig(opts, accel, paths)
+	qcfg := vmConfig(withPlaceholderMACs(opts), accel, paths)
 	qcfg.Name = "template-" + filepath.Base(t.Dir)
+	for i, device := range qcfg.Devices {
+		if nic, ok := device.(qemu.VirtioNetTap); ok {
+			// QEMU makes the tap in its own, empty network namespace.
+			nic.IfName = fmt.Sprintf("tap%d", i)
+			qcfg.Devices[i] = nic
+		}
+	}
 	qcfg.MemoryFile, qcfg.MemoryShared = filepath.Join(tmp, templateMemory), true
 	args, err := qcfg.Args()
 	if err != nil {
@@ -273,6 +347,13 @@ func makeTemplate(opts VMOptions, accel qemu.Accel, t *Template) (retErr error) 
 		return withLog(err)
 	}
 	vm.Kill()
+	_, family, err := templateFamily(opts, accel)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, familyFile), []byte(family), 0o600); err != nil {
+		return err
+	}
 	for _, name := range []string{ConsoleLog, QEMULog, qmpSocket, agentSocket, SharedDir} {
 		_ = os.Remove(filepath.Join(tmp, name))
 	}

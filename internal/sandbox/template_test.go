@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -30,8 +31,13 @@ func TestTemplateMisfit(t *testing.T) {
 		t.Errorf("a plain sandbox does not fit a template: %s", why)
 	}
 	for name, edit := range map[string]func(o *VMOptions){
-		"template off":  func(o *VMOptions) { c := *o.Config; c.Hypervisor.Template = false; o.Config = &c },
-		"network":       func(o *VMOptions) { o.Taps = []Tap{{MAC: "02:00:00:00:00:01"}} },
+		"template off": func(o *VMOptions) { c := *o.Config; c.Hypervisor.Template = false; o.Config = &c },
+		"macvtap": func(o *VMOptions) {
+			c := *o.Config
+			c.Network.Mode = config.NetworkMacvtap
+			o.Config = &c
+			o.Taps = []Tap{{MAC: "02:00:00:00:00:01"}}
+		},
 		"debug console": func(o *VMOptions) { o.Initrd = "/run/husk/c1/debug-initrd.img" },
 	} {
 		o := opts
@@ -54,6 +60,18 @@ func TestTemplateFingerprint(t *testing.T) {
 	other.ID, other.Dir = "c2", "/run/husk/c2"
 	if fp, _ := TemplateFingerprint(other, qemu.AccelTCG); fp != base {
 		t.Errorf("another sandbox's id and directory changed the fingerprint: %s, %s", fp, base)
+	}
+	// A network device's address is the sandbox's own: the template's
+	// devices have placeholders.
+	withNIC := func(mac string) VMOptions {
+		o := opts
+		o.Taps = []Tap{{MAC: mac}}
+		return o
+	}
+	a, _ := TemplateFingerprint(withNIC("02:00:00:00:00:01"), qemu.AccelTCG)
+	b, _ := TemplateFingerprint(withNIC("02:00:00:00:00:02"), qemu.AccelTCG)
+	if a != b || a == base {
+		t.Errorf("fingerprints with a network device %s and %s, without %s: want the two equal, and other than the third", a, b, base)
 	}
 	changes := map[string]func(o *VMOptions){
 		"memory":      func(o *VMOptions) { o.MemoryMiB = 512 },
@@ -81,28 +99,43 @@ func TestTemplateFingerprint(t *testing.T) {
 	}
 }
 
-// A new template removes the older ones of its VM size only.
+// A new template removes the older ones of its family, and the least
+// recently used beyond maxTemplates.
 func TestPruneTemplates(t *testing.T) {
 	root := t.TempDir()
-	mkTemplate := func(name string, size int64) {
+	mkTemplate := func(name, family string) {
 		dir := filepath.Join(root, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Truncate(createFile(t, filepath.Join(dir, templateMemory)), size); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, familyFile), []byte(family), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		createFile(t, filepath.Join(root, name+".lock"))
 	}
-	mkTemplate("new", 256<<20)
-	mkTemplate("old", 256<<20)
-	mkTemplate("bigger", 512<<20)
+	mkTemplate("new", "a")
+	mkTemplate("old", "a")
+	mkTemplate("other", "b")
 	making := filepath.Join(root, "new.making-123")
 	if err := os.Mkdir(making, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// maxTemplates-1 more of other families, used an hour ago and earlier.
+	for i := range maxTemplates - 1 {
+		name := fmt.Sprintf("lru%d", i)
+		mkTemplate(name, name)
+		used := time.Now().Add(-time.Duration(i+1) * time.Hour)
+		if err := os.Chtimes(filepath.Join(root, name), used, used); err != nil {
+			t.Fatal(err)
+		}
+	}
 	pruneTemplates(root, "new")
-	for path, want := range map[string]bool{"new": true, "new.lock": true, "old": false, "old.lock": false, "bigger": true, "new.making-123": true} {
+	// "new" and "other" (used just now) and the newest maxTemplates-2 of
+	// the others are kept.
+	lruKept := fmt.Sprintf("lru%d", maxTemplates-3)
+	lruGone := fmt.Sprintf("lru%d", maxTemplates-2)
+	for path, want := range map[string]bool{"new": true, "new.lock": true, "old": false, "old.lock": false, "other": true, "new.making-123": true,
+		lruKept: true, lruGone: false, lruGone + ".lock": false} {
 		_, err := os.Stat(filepath.Join(root, path))
 		if got := err == nil; got != want {
 			t.Errorf("%s exists: %v, want %v", path, got, want)

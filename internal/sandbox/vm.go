@@ -251,6 +251,7 @@ func launchVM(opts VMOptions, accel qemu.Accel, tmpl *Template) (_ *VM, retErr e
 	}()
 	qcfg := vmConfig(opts, accel, sandboxPaths(opts.Dir))
 	if tmpl != nil {
+		qcfg = vmConfig(withPlaceholderMACs(opts), accel, sandboxPaths(opts.Dir))
 		qcfg.Restore, qcfg.MemoryFile = true, tmpl.memoryFile()
 	}
 	args, err := qcfg.Args()

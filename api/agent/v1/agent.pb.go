@@ -420,10 +420,14 @@ func (*Empty) Descriptor() ([]byte, []int) {
 type NetworkInterface struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Mac   string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
-	Mtu   uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// The MAC address the interface takes.
+	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Mtu uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// CIDR notation: 10.0.0.2/24, fd00::2/64.
-	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Addresses []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// The guest device's MAC address when it is not mac: a guest restored
+	// from a template has the template's.
+	DeviceMac     string `protobuf:"bytes,5,opt,name=device_mac,json=deviceMac,proto3" json:"device_mac,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -484,6 +488,13 @@ func (x *NetworkInterface) GetAddresses() []string {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *NetworkInterface) GetDeviceMac() string {
+	if x != nil {
+		return x.DeviceMac
+	}
+	return ""
 }
 
 type NetworkRoute struct {
@@ -1351,12 +1362,14 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x16StatsContainerResponse\x12\x1d\n" +
 	"\n" +
 	"stats_json\x18\x01 \x01(\fR\tstatsJson\"\a\n" +
-	"\x05Empty\"h\n" +
+	"\x05Empty\"\x87\x01\n" +
 	"\x10NetworkInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
-	"\taddresses\x18\x04 \x03(\tR\taddresses\"x\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\x12\x1d\n" +
+	"\n" +
+	"device_mac\x18\x05 \x01(\tR\tdeviceMac\"x\n" +
 	"\fNetworkRoute\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
