@@ -15,8 +15,13 @@ accel=$("$top/build/husk" check | awk '$2 == "accelerator" {print $3}' | tr -d :
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), accel $accel, $(qemu-system-x86_64 --version | head -1)"
 
 echo "== start latency: run true, $runs runs each"
+# husk's default restores each guest from a template (made by the warm-up
+# run); with template = false every guest boots.
+boot_cfg=$out/boot.toml
+printf '[hypervisor]\ntemplate = false\n' > "$boot_cfg"
 hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/run-true.json" \
   -n "husk run" "$top/build/husk --root /run/husk-bench run --bundle $bundle bench-\$\$" \
+  -n "husk run, template = false" "$top/build/husk --root /run/husk-bench --config $boot_cfg run --bundle $bundle bench-\$\$" \
   -n "runc run" "runc --root /run/runc-bench run --bundle $bundle bench-\$\$"
 
 summarize() {
@@ -55,15 +60,26 @@ hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/exec-true.
 summarize "$out/exec-true.json"
 
 echo "== memory: PSS of one idle sandbox (busybox sleep inside), after it settled"
-sleep 10
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
-qemu_pid=$(pgrep -f -- "-name sandbox-bench-exec ")
-daemon_pid=$(pgrep -f -- "sandbox-daemon bench-exec\$")
-standin_pid=$(pgrep -f -- "stand-in bench-exec ")
-q=$(pss "$qemu_pid"); d=$(pss "$daemon_pid"); si=$(pss "$standin_pid")
-echo "qemu ${q} KiB, daemon ${d} KiB, stand-in ${si} KiB, total $((q + d + si)) KiB"
-awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6} /^Rss:/ && $2 > 4096 {print "  qemu mapping:", $2, "KiB", (name == "" ? "(anonymous: guest RAM or TCG cache)" : name)}' "/proc/$qemu_pid/smaps"
+idle_pss() { # ID: the PSS of that sandbox's QEMU, daemon and stand-in, and QEMU's largest mappings
+  local qemu_pid daemon_pid standin_pid q d si
+  qemu_pid=$(pgrep -f -- "-name sandbox-$1 ")
+  daemon_pid=$(pgrep -f -- "sandbox-daemon $1\$")
+  standin_pid=$(pgrep -f -- "stand-in $1 ")
+  q=$(pss "$qemu_pid"); d=$(pss "$daemon_pid"); si=$(pss "$standin_pid")
+  echo "$1: qemu ${q} KiB, daemon ${d} KiB, stand-in ${si} KiB, total $((q + d + si)) KiB"
+  awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6} /^Rss:/ && $2 > 4096 {print "  qemu mapping:", $2, "KiB", (name == "" ? "(anonymous: guest RAM or TCG cache)" : name)}' "/proc/$qemu_pid/smaps"
+}
+sleep 10
+idle_pss bench-exec
+# The template's RAM file is memory too (its directory is a tmpfs), once per
+# configuration however many guests map it.
+for m in /run/husk-templates/*/memory; do echo "template $(dirname "$m"): $(du -k "$m" | cut -f1) KiB of RAM file in use"; done
 $husk delete --force bench-exec
+$husk --config "$boot_cfg" run -d --bundle "$out/bundle-sleep" bench-boot </dev/null >/dev/null 2>&1
+sleep 10
+idle_pss bench-boot
+$husk delete --force bench-boot
 
 echo "== stdio throughput: 256 MiB through the container's stdout (dd of /dev/zero, 1 MiB blocks), husk against runc"
 # dd, not busybox's head -c: under TCG head itself makes only ~35 MiB/s
@@ -101,7 +117,7 @@ for i in range(runs):
     log = open(os.path.join(root, cid, "daemon.log")).read()
     boot = float(re.search(r"boot=([0-9.]+)(ms|s)", log).group(1))
     boot = boot / 1000 if re.search(r"boot=[0-9.]+ms", log) else boot
-    guest = int(re.search(r"guest_ready_ns=(\d+)", log).group(1)) / 1e9
+    restored = "restored=true" in log
     subprocess.run(cmd + ["start", cid], check=True)
     t2 = time.monotonic()
     while subprocess.run(cmd + ["state", cid], capture_output=True, text=True).stdout.find('"stopped"') < 0:
@@ -109,12 +125,12 @@ for i in range(runs):
     t3 = time.monotonic()
     subprocess.run(cmd + ["delete", cid], check=True)
     t4 = time.monotonic()
-    rows.append({"create": t1 - t0, "qemu_to_agent": boot, "kernel_to_agent": guest,
+    rows.append({"create": t1 - t0, "qemu_to_agent": boot, "restored": restored,
                  "create_rest": t1 - t0 - boot, "start": t2 - t1, "run_to_exit": t3 - t2, "delete": t4 - t3, "total": t4 - t0})
+restored = sum(r.pop("restored") for r in rows)
 med = {k: statistics.median(r[k] for r in rows) * 1000 for k in rows[0]}
-print(f"medians of {runs}: total {med['total']:.0f} ms =")
-print(f"  create {med['create']:.0f} ms: QEMU start to agent ready {med['qemu_to_agent']:.0f} ms "
-      f"(of which guest kernel start to agent ready {med['kernel_to_agent']:.0f} ms), "
+print(f"medians of {runs} ({restored} guests restored from the template, {runs - restored} booted): total {med['total']:.0f} ms =")
+print(f"  create {med['create']:.0f} ms: QEMU start to agent ready {med['qemu_to_agent']:.0f} ms, "
       f"and {med['create_rest']:.0f} ms for the CLI, the daemon's start, the share and the container's create in the guest")
 print(f"  start {med['start']:.0f} ms; start to exited (seen by polling state) {med['run_to_exit']:.0f} ms; delete (power-off, teardown) {med['delete']:.0f} ms")
 PY
@@ -126,8 +142,8 @@ hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/docker-run
   -n "docker run --runtime runc" "docker -H $HUSK_TEST_DOCKER_HOST run --rm --runtime runc busybox:local true"
 summarize "$out/docker-run-true.json"
 
-echo "== guest boot: QEMU start to agent ready"
-cd "$top" && go test -run '^$' -bench BenchmarkBoot -benchtime "${runs}x" ./internal/sandbox | tee "$out/boot.txt"
+echo "== guest start: QEMU start to agent ready, booted (and the guest's own part) and restored from a template"
+cd "$top" && go test -run '^$' -bench 'BenchmarkBoot|BenchmarkRestore' -benchtime "${runs}x" ./internal/sandbox | tee "$out/boot.txt"
 ls -l "$top/build/vmlinux" "$top/build/husk-initrd.img" | awk '{print $5, $9}'
 
 echo "== containerd: ctr run --rm true, husk's shim against runc's"
