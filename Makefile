@@ -99,6 +99,8 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/husk.8 $(DESTDIR)$(PREFIX)/share/man/man8/husk-*.8
 	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/husk
 	-rmdir $(DESTDIR)$(PREFIX)/share/husk
+	# The guests saved as templates (hypervisor.template_dir's default).
+	rm -rf $(DESTDIR)/run/husk-templates
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/husk/configuration.toml"
 
 # A Debian package of the same files, under /usr.

@@ -172,14 +172,19 @@ func WriteReady(w io.Writer) error {
 // or a host of another husk version, or a corrupt channel.
 var ErrBadHandshake = errors.New("bad agent handshake")
 
-// ReadReady waits for the agent's ready token.
+// ReadReady waits for the agent's ready token. It reads byte by byte and
+// stops at the first that differs: an agent of an older image opens its
+// yamux session with a frame shorter than the token and then waits, which
+// must be refused at once rather than wait out the boot's deadline.
 func ReadReady(r io.Reader) error {
-	buf := make([]byte, len(readyToken))
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return fmt.Errorf("waiting for the agent: %w", err)
-	}
-	if string(buf) != readyToken {
-		return fmt.Errorf("%w: the guest said %q", ErrBadHandshake, buf)
+	var one [1]byte
+	for i := 0; i < len(readyToken); i++ {
+		if _, err := io.ReadFull(r, one[:]); err != nil {
+			return fmt.Errorf("waiting for the agent: %w", err)
+		}
+		if one[0] != readyToken[i] {
+			return fmt.Errorf("%w: the guest said %q where %q was due (a guest image of another husk?)", ErrBadHandshake, append([]byte(readyToken[:i]), one[0]), readyToken[:i+1])
+		}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
 )
@@ -132,10 +133,19 @@ func TestHandshakeRoundTripLeavesSession(t *testing.T) {
 // A peer of another version, or a yamux frame where the handshake belongs,
 // is refused by name rather than misread.
 func TestHandshakeRejectsOtherSpeech(t *testing.T) {
-	yamuxFrame := []byte{0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	if err := ReadReady(bytes.NewReader(yamuxFrame)); !errors.Is(err, ErrBadHandshake) {
+	// An older agent's first words: one 12-byte yamux header (a window
+	// update opening stream 1), after which it waits; the host must not
+	// wait with it.
+	host, guest := net.Pipe()
+	defer host.Close()
+	go func() {
+		_, _ = guest.Write([]byte{0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0})
+	}()
+	_ = host.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := ReadReady(host); !errors.Is(err, ErrBadHandshake) {
 		t.Errorf("ReadReady(yamux frame) = %v, want ErrBadHandshake", err)
 	}
+	guest.Close()
 	hello := append([]byte("husk-hullo\n"), make([]byte, 8+EntropySize)...)
 	if _, err := ReadHello(bytes.NewReader(hello)); !errors.Is(err, ErrBadHandshake) {
 		t.Errorf("ReadHello(bad magic) = %v, want ErrBadHandshake", err)

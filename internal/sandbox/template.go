@@ -55,7 +55,13 @@ func (t *Template) stateFile() string  { return filepath.Join(t.Dir, templateSta
 // rename, only once both files are written.
 func (t *Template) ready() bool {
 	_, err := os.Stat(t.stateFile())
-	return err == nil
+	if err != nil {
+		return false
+	}
+	// A memory file that is gone would be made anew by QEMU, empty: the
+	// guest would resume on zeroed RAM.
+	fi, err := os.Stat(t.memoryFile())
+	return err == nil && fi.Size() > 0
 }
 
 // touch marks the template used now, for pruneTemplates.
@@ -64,9 +70,17 @@ func (t *Template) touch() {
 	_ = os.Chtimes(t.Dir, now, now)
 }
 
-// Discard removes the template. Guests restored from it keep their mapping
-// of its memory file.
-func (t *Template) Discard() { _ = os.RemoveAll(t.Dir) }
+// Discard removes the template, under its lock so that it cannot take one
+// that another create has just made anew. Guests restored from it keep their
+// mapping of its memory file.
+func (t *Template) Discard(wait time.Duration) {
+	unlock, err := lockFile(t.Dir+".lock", wait)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	_ = os.RemoveAll(t.Dir)
+}
 
 // templateMisfit says why the sandbox cannot be restored from a template,
 // or "" if it can. A macvtap's queue offers the guest other features than
@@ -116,8 +130,8 @@ func templatePaths(dir string) vmPaths {
 
 // TemplateFingerprint names the template of a sandbox's VM: everything that
 // shapes the saved guest. That is its family (see templateFamily), the
-// QEMU, kernel and initrd files as they are now, and this husk's version and
-// agent API.
+// QEMU, kernel and initrd files as they are now, this husk's version and
+// agent API, and the host's kernel and CPU.
 func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
 	qcfg, family, err := templateFamily(opts, accel)
 	if err != nil {
@@ -125,6 +139,13 @@ func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%d\x00", family, version.Version, channel.APIVersion)
+	// Under KVM the guest sees the host's CPU, which a new kernel or
+	// microcode can change under a template kept on disk.
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err == nil {
+		fmt.Fprintf(h, "%s\x00", unix.ByteSliceToString(uts.Release[:]))
+	}
+	fmt.Fprintf(h, "%s\x00", hostCPU())
 	for _, path := range []string{qcfg.Binary, qcfg.Kernel, qcfg.Initrd} {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -133,6 +154,26 @@ func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
 		fmt.Fprintf(h, "%s %d %d\x00", path, fi.Size(), fi.ModTime().UnixNano())
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// hostCPU is the first CPU's model, microcode and flags from /proc/cpuinfo.
+func hostCPU() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	var cpu []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" {
+			break // the first CPU's block ends
+		}
+		key, _, _ := strings.Cut(line, ":")
+		switch strings.TrimSpace(key) {
+		case "model name", "microcode", "flags":
+			cpu = append(cpu, line)
+		}
+	}
+	return strings.Join(cpu, "\n")
 }
 
 // templateFamily hashes QEMU's arguments for the sandbox's VM, with its own
@@ -160,20 +201,30 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 	}
 	root := opts.Config.Hypervisor.TemplateDir
 	t := &Template{Dir: filepath.Join(root, fingerprint)}
+	if err := checkTemplateRoot(root); err != nil {
+		return nil, err
+	}
 	if t.ready() {
 		t.touch()
 		return t, nil
 	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("creating the template directory: %w", err)
-	}
-	unlock, err := lockFile(filepath.Join(root, fingerprint+".lock"))
+	// A create waits for another making the same template no longer than a
+	// boot would take, then boots.
+	unlock, err := lockFile(t.Dir+".lock", opts.Config.Agent.BootTimeout.Duration)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if t.ready() {
 		return t, nil
+	}
+	// Under the lock, what is there of this fingerprint is a leftover: a
+	// half-removed template, or one whose maker was killed.
+	_ = os.RemoveAll(t.Dir)
+	if stale, _ := filepath.Glob(t.Dir + ".making-*"); len(stale) > 0 {
+		for _, dir := range stale {
+			_ = os.RemoveAll(dir)
+		}
 	}
 	failed := filepath.Join(root, fingerprint+templateFailedSuffix)
 	if fi, err := os.Stat(failed); err == nil && time.Since(fi.ModTime()) < templateRetry {
@@ -192,23 +243,48 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 	return t, nil
 }
 
-// lockFile takes an exclusive lock on path, waiting for it.
-func lockFile(path string) (unlock func(), err error) {
+// checkTemplateRoot makes the template directory, or checks the one there:
+// guests run what its files hold, so it must be root's alone, like the
+// kernel and initrd.
+func checkTemplateRoot(root string) error {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("creating the template directory: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(root, &st); err != nil {
+		return fmt.Errorf("the template directory: %w", err)
+	}
+	if int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
+		return fmt.Errorf("the template directory %s is writable by others than its owner, or not owned by husk's user (mode %o, owner %d)", root, st.Mode&0o7777, st.Uid)
+	}
+	return nil
+}
+
+// lockFile takes an exclusive lock on path, waiting for it no longer than
+// wait. Lock files are never removed: one removed while another process
+// waits on it would let a third lock a new file of the same name.
+func lockFile(path string, wait time.Duration) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
+	deadline := time.Now().Add(wait)
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			break
 		}
+		if time.Now().After(deadline) {
+			err = fmt.Errorf("still held after %s", wait)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
+	f.Close()
+	return nil, fmt.Errorf("locking %s: %w", path, err)
 }
 
 // familyFile holds a template's family (templateFamily).
@@ -221,7 +297,9 @@ const maxTemplates = 8
 
 // pruneTemplates removes the other templates of keep's family, which no
 // guest would restore again, and the least recently used beyond
-// maxTemplates. Guests restored from them keep their mappings.
+// maxTemplates. It touches nothing but templates (a directory named by a
+// fingerprint, holding a family file): the directory may be shared.
+// Guests restored from a removed template keep their mappings.
 func pruneTemplates(root, keep string) {
 	family, err := os.ReadFile(filepath.Join(root, keep, familyFile))
 	if err != nil {
@@ -235,11 +313,14 @@ func pruneTemplates(root, keep string) {
 	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		name := e.Name()
-		if name == keep || !e.IsDir() || strings.Contains(name, ".") {
+		if name == keep || !e.IsDir() || !isFingerprint(name) {
 			continue
 		}
 		theirs, err := os.ReadFile(filepath.Join(root, name, familyFile))
-		if err == nil && string(theirs) == string(family) {
+		if err != nil {
+			continue
+		}
+		if string(theirs) == string(family) {
 			removeTemplate(root, name)
 			continue
 		}
@@ -255,9 +336,17 @@ func pruneTemplates(root, keep string) {
 	}
 }
 
+// isFingerprint says whether name is one that TemplateFingerprint makes.
+func isFingerprint(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil
+}
+
 func removeTemplate(root, name string) {
 	_ = os.RemoveAll(filepath.Join(root, name))
-	_ = os.Remove(filepath.Join(root, name+".lock"))
 	_ = os.Remove(filepath.Join(root, name+templateFailedSuffix))
 }
 
@@ -438,7 +527,7 @@ func (vm *VM) restore(t *Template, deadline time.Time) error {
 		select {
 		case <-vm.exited: // QEMU says why in its log
 			return &RestoreError{Cause: fmt.Errorf("%w: %v", err, vm.exitError())}
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(500 * time.Millisecond):
 		}
 		return fmt.Errorf("restoring the template: %w", err)
 	}

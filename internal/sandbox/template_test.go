@@ -58,8 +58,11 @@ func TestTemplateFingerprint(t *testing.T) {
 	}
 	other := opts
 	other.ID, other.Dir = "c2", "/run/husk/c2"
-	if fp, _ := TemplateFingerprint(other, qemu.AccelTCG); fp != base {
-		t.Errorf("another sandbox's id and directory changed the fingerprint: %s, %s", fp, base)
+	if !isFingerprint(base) {
+		t.Errorf("fingerprint %q: want 16 hex digits, which pruning looks for", base)
+	}
+	if fp, err := TemplateFingerprint(other, qemu.AccelTCG); err != nil || fp != base {
+		t.Errorf("another sandbox's id and directory changed the fingerprint: %s (%v), %s", fp, err, base)
 	}
 	// A network device's address is the sandbox's own: the template's
 	// devices have placeholders.
@@ -68,8 +71,11 @@ func TestTemplateFingerprint(t *testing.T) {
 		o.Taps = []Tap{{MAC: mac}}
 		return o
 	}
-	a, _ := TemplateFingerprint(withNIC("02:00:00:00:00:01"), qemu.AccelTCG)
-	b, _ := TemplateFingerprint(withNIC("02:00:00:00:00:02"), qemu.AccelTCG)
+	a, errA := TemplateFingerprint(withNIC("02:00:00:00:00:01"), qemu.AccelTCG)
+	b, errB := TemplateFingerprint(withNIC("02:00:00:00:00:02"), qemu.AccelTCG)
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
 	if a != b || a == base {
 		t.Errorf("fingerprints with a network device %s and %s, without %s: want the two equal, and other than the third", a, b, base)
 	}
@@ -94,53 +100,102 @@ func TestTemplateFingerprint(t *testing.T) {
 			t.Errorf("%s changed, the fingerprint did not", name)
 		}
 	}
-	if fp, _ := TemplateFingerprint(opts, qemu.AccelKVM); fp == base {
-		t.Error("the accelerator changed, the fingerprint did not")
+	if fp, err := TemplateFingerprint(opts, qemu.AccelKVM); err != nil || fp == base {
+		t.Errorf("the accelerator changed: fingerprint %q (%v), was %q", fp, err, base)
 	}
+
 }
 
 // A new template removes the older ones of its family, and the least
-// recently used beyond maxTemplates.
+// recently used beyond maxTemplates; nothing else in the directory.
 func TestPruneTemplates(t *testing.T) {
 	root := t.TempDir()
-	mkTemplate := func(name, family string) {
+	name := func(n int) string { return fmt.Sprintf("%016x", n) }
+	mkTemplate := func(name, family string, used time.Time) {
 		dir := filepath.Join(root, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, familyFile), []byte(family), 0o600); err != nil {
-			t.Fatal(err)
+		if family != "" {
+			if err := os.WriteFile(filepath.Join(dir, familyFile), []byte(family), 0o600); err != nil {
+				t.Fatal(err)
+			}
 		}
 		createFile(t, filepath.Join(root, name+".lock"))
+		if err := os.Chtimes(dir, used, used); err != nil {
+			t.Fatal(err)
+		}
 	}
-	mkTemplate("new", "a")
-	mkTemplate("old", "a")
-	mkTemplate("other", "b")
-	making := filepath.Join(root, "new.making-123")
+	now := time.Now()
+	keep, old, other := name(1), name(2), name(3)
+	mkTemplate(keep, "a", now)
+	mkTemplate(old, "a", now)
+	mkTemplate(other, "b", now)
+	// maxTemplates-1 more of other families, used an hour ago and earlier:
+	// with keep and other, one too many.
+	for i := range maxTemplates - 1 {
+		mkTemplate(name(100+i), name(100+i), now.Add(-time.Duration(i+1)*time.Hour))
+	}
+	// Not templates, and older than all: a directory of another program
+	// and one named like a template without a family.
+	mkTemplate("someone-elses", "", now.Add(-48*time.Hour))
+	mkTemplate(name(999), "", now.Add(-48*time.Hour))
+	making := filepath.Join(root, keep+".making-123")
 	if err := os.Mkdir(making, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	// maxTemplates-1 more of other families, used an hour ago and earlier.
-	for i := range maxTemplates - 1 {
-		name := fmt.Sprintf("lru%d", i)
-		mkTemplate(name, name)
-		used := time.Now().Add(-time.Duration(i+1) * time.Hour)
-		if err := os.Chtimes(filepath.Join(root, name), used, used); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pruneTemplates(root, "new")
-	// "new" and "other" (used just now) and the newest maxTemplates-2 of
-	// the others are kept.
-	lruKept := fmt.Sprintf("lru%d", maxTemplates-3)
-	lruGone := fmt.Sprintf("lru%d", maxTemplates-2)
-	for path, want := range map[string]bool{"new": true, "new.lock": true, "old": false, "old.lock": false, "other": true, "new.making-123": true,
-		lruKept: true, lruGone: false, lruGone + ".lock": false} {
+	pruneTemplates(root, keep)
+	lruKept, lruGone := name(100+maxTemplates-3), name(100+maxTemplates-2)
+	for path, want := range map[string]bool{
+		keep: true, keep + ".lock": true, keep + ".making-123": true,
+		old: false, old + ".lock": true, // lock files stay: another process may wait on one
+		other: true, lruKept: true, lruGone: false,
+		"someone-elses": true, name(999): true,
+	} {
 		_, err := os.Stat(filepath.Join(root, path))
 		if got := err == nil; got != want {
 			t.Errorf("%s exists: %v, want %v", path, got, want)
 		}
 	}
+}
+
+// The template directory must be husk's user's alone.
+func TestCheckTemplateRoot(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "templates")
+	if err := checkTemplateRoot(root); err != nil {
+		t.Fatalf("a new directory: %v", err)
+	}
+	if fi, err := os.Stat(root); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("made %v (%v), want mode 0700", fi, err)
+	}
+	if err := os.Chmod(root, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTemplateRoot(root); err == nil {
+		t.Error("a world-writable template directory was accepted")
+	}
+}
+
+// A lock held elsewhere is waited for only as long as asked.
+func TestLockFileWaitsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.lock")
+	unlock, err := lockFile(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if _, err := lockFile(path, 200*time.Millisecond); err == nil {
+		t.Fatal("a held lock was taken again")
+	}
+	if waited := time.Since(began); waited < 200*time.Millisecond || waited > 5*time.Second {
+		t.Errorf("waited %s for a held lock, asked 200ms", waited)
+	}
+	unlock()
+	unlock2, err := lockFile(path, time.Second)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	unlock2()
 }
 
 func createFile(t *testing.T, path string) string {

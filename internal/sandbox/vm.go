@@ -30,8 +30,10 @@ import (
 // Files of a sandbox in its state directory (the front door's working
 // directory, so that socket paths stay short whatever the id's length).
 const (
-	ConsoleLog  = "console.log"
-	QEMULog     = "qemu.log"
+	ConsoleLog = "console.log"
+	QEMULog    = "qemu.log"
+	// restoreLog keeps QEMU's log of a failed restore from a template.
+	restoreLog  = "qemu-restore.log"
 	DaemonLog   = "daemon.log"
 	SharedDir   = "shared"
 	agentSocket = "agent.sock"
@@ -222,13 +224,16 @@ func StartVM(opts VMOptions) (*VM, error) {
 		if err == nil {
 			return vm, nil
 		}
+		// QEMU refused the template, or the restored guest died: it would
+		// for the next sandbox too. A restore that only ran out of time on
+		// a loaded host keeps it.
 		var restoreErr *RestoreError
-		if errors.As(err, &restoreErr) {
-			// QEMU could not load it: it will not load for the next
-			// sandbox either.
-			tmpl.Discard()
+		if errors.As(err, &restoreErr) || errors.Is(err, errQEMUExited) {
+			tmpl.Discard(opts.Config.Agent.BootTimeout.Duration)
 		}
-		log.Warn("restoring the guest from its template failed; booting it", "err", err, "template", tmpl.Dir)
+		// The boot below starts QEMU's log afresh.
+		_ = os.Rename(QEMULog, restoreLog)
+		log.Warn("restoring the guest from its template failed; booting it", "err", err, "template", tmpl.Dir, "qemu_log", restoreLog)
 	}
 	return launchVM(opts, accel, nil)
 }

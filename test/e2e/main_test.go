@@ -10,20 +10,31 @@ import (
 // boot or crashed (sandbox.KeptLogDir).
 const keptLogDir = "/var/log/husk"
 
-// TestMain removes the console logs that the suite's own crashes and failed
-// boots made husk keep, so that a test run leaves the machine as it found
-// it; logs that were there before are left alone.
+// defaultTemplateDir is hypervisor.template_dir's default, where the
+// suite's sandboxes (and those Docker and containerd start) keep their
+// templates, each holding tens of MiB of a tmpfs.
+const defaultTemplateDir = "/run/husk-templates"
+
+// TestMain removes what the suite's own sandboxes left on purpose, so that
+// a test run leaves the machine as it found it: the console logs that its
+// crashes and failed boots made husk keep, and the templates it made.
+// What was there before is left alone.
 func TestMain(m *testing.M) {
+	patterns := []string{filepath.Join(keptLogDir, "*.console.log"), filepath.Join(defaultTemplateDir, "*")}
 	before := map[string]bool{}
-	existing, _ := filepath.Glob(filepath.Join(keptLogDir, "*.console.log"))
-	for _, f := range existing {
-		before[f] = true
+	for _, pattern := range patterns {
+		existing, _ := filepath.Glob(pattern)
+		for _, f := range existing {
+			before[f] = true
+		}
 	}
 	code := m.Run()
-	after, _ := filepath.Glob(filepath.Join(keptLogDir, "*.console.log"))
-	for _, f := range after {
-		if !before[f] {
-			os.Remove(f)
+	for _, pattern := range patterns {
+		after, _ := filepath.Glob(pattern)
+		for _, f := range after {
+			if !before[f] {
+				os.RemoveAll(f)
+			}
 		}
 	}
 	os.Exit(code)

@@ -35,6 +35,18 @@ func newTemplateEnv(t *testing.T, extra string) (e *env, templates string) {
 // container runs, so its output goes to files.
 func (e *env) runDetached(bundle, id string) result {
 	e.t.Helper()
+	return e.runDetachedTo(bundle, id, os.DevNull)
+}
+
+// runDetachedTo is runDetached with the container's output to the file out.
+func (e *env) runDetachedTo(bundle, id, out string) result {
+	e.t.Helper()
+	stdout, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		e.t.Error(err) // not Fatal: this runs on the test's goroutines too
+		return result{status: -1}
+	}
+	defer stdout.Close()
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		e.t.Error(err) // not Fatal: this runs on the test's goroutines too
@@ -48,7 +60,7 @@ func (e *env) runDetached(bundle, id string) result {
 	}
 	defer errFile.Close()
 	cmd := e.command("run", "-d", "--bundle", bundle, id)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, errFile
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, errFile
 	status := 0
 	if err := cmd.Run(); err != nil {
 		exitErr, ok := err.(*exec.ExitError)
@@ -140,11 +152,17 @@ func TestTemplateRestoresGuests(t *testing.T) {
 	drawFirst := e.bundle(nil, "sh", "-c", "head -c 32 /dev/urandom | od -An -tx1")
 	var random [2]string
 	for i := range random {
-		r := e.run("", "run", "--bundle", drawFirst, e.id())
-		if r.status != 0 {
+		id, out := e.id(), filepath.Join(t.TempDir(), "drawn")
+		if r := e.runDetachedTo(drawFirst, id, out); r.status != 0 {
 			t.Fatalf("run: status %d, stderr %q", r.status, r.stderr)
 		}
-		random[i] = strings.TrimSpace(r.stdout)
+		waitFor(t, id+" to read stopped", func() bool { status, _ := e.state(id); return status == "stopped" })
+		if !strings.Contains(e.daemonLog(id), "restored=true") {
+			t.Errorf("%s was not restored from the template", id)
+		}
+		e.mustRun("delete", id)
+		drawn, _ := os.ReadFile(out)
+		random[i] = strings.TrimSpace(string(drawn))
 	}
 	if random[0] == random[1] || len(random[0]) < 64 {
 		t.Errorf("containers in restored guests drew the same random bytes: %q", random)
@@ -184,9 +202,11 @@ func TestTemplateMadeOnce(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	for _, id := range ids {
+		defer e.run("", "delete", "-f", id)
+	}
 	makers := 0
 	for i, id := range ids {
-		defer e.run("", "delete", "-f", id)
 		if results[i].status != 0 {
 			t.Fatalf("run %s: status %d, stderr %q", id, results[i].status, results[i].stderr)
 		}
