@@ -129,7 +129,7 @@ func Default() *Config {
 			VCPUs:        1,
 			MemoryMiB:    256,
 			Accel:        "auto",
-			TCGTBSizeMiB: 24,
+			TCGTBSizeMiB: 32,
 			Template:     true,
 			TemplateDir:  "/run/husk-templates",
 		},
