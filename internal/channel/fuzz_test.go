@@ -35,3 +35,35 @@ func FuzzReadHeader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzHandshake feeds both halves of the handshake what a broken or hostile
+// peer could send: an error or the exact message, never a panic, and nothing
+// read past the message's end.
+func FuzzHandshake(f *testing.F) {
+	var hello bytes.Buffer
+	_ = WriteHello(&hello, Hello{RealtimeNs: 1, Entropy: [EntropySize]byte{1, 2, 3}})
+	f.Add(hello.Bytes())
+	f.Add([]byte(readyToken))
+	f.Add([]byte{0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		input := append(data, "session"...)
+		r := bytes.NewReader(input)
+		if ReadReady(r) == nil {
+			if !bytes.HasPrefix(input, []byte(readyToken)) || len(input)-r.Len() != len(readyToken) {
+				t.Fatalf("accepted %q as the ready token, reading %d bytes", input, len(input)-r.Len())
+			}
+		}
+		r = bytes.NewReader(input)
+		h, err := ReadHello(r)
+		if err != nil {
+			return
+		}
+		if len(input)-r.Len() != helloSize {
+			t.Fatalf("read %d bytes of a %d-byte hello", len(input)-r.Len(), helloSize)
+		}
+		var again bytes.Buffer
+		if err := WriteHello(&again, h); err != nil || !bytes.Equal(again.Bytes(), input[:helloSize]) {
+			t.Fatalf("hello %+v does not write back as it was read", h)
+		}
+	})
+}
