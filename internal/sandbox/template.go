@@ -24,8 +24,8 @@ import (
 )
 
 // A Template is a guest booted once and saved by QEMU while its agent waits
-// for the host's hello: its RAM in memoryName, QEMU's device state in
-// stateName. Sandboxes of the same configuration restore it instead of
+// for the host's hello: its RAM in the file templateMemory, QEMU's device
+// state in templateState. Sandboxes of the same configuration restore it instead of
 // booting. Each maps the RAM file copy-on-write, so the pages that no guest
 // changed (the kernel, the agent, most of what the boot set up) are one set
 // of host pages for all of them, and a restored guest skips the kernel's
@@ -221,10 +221,9 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 	// Under the lock, what is there of this fingerprint is a leftover: a
 	// half-removed template, or one whose maker was killed.
 	_ = os.RemoveAll(t.Dir)
-	if stale, _ := filepath.Glob(t.Dir + ".making-*"); len(stale) > 0 {
-		for _, dir := range stale {
-			_ = os.RemoveAll(dir)
-		}
+	stale, _ := filepath.Glob(t.Dir + ".making-*")
+	for _, dir := range stale {
+		_ = os.RemoveAll(dir)
 	}
 	failed := filepath.Join(root, fingerprint+templateFailedSuffix)
 	if fi, err := os.Stat(failed); err == nil && time.Since(fi.ModTime()) < templateRetry {
