@@ -408,6 +408,7 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 			if !f.joined() {
 				t.Fatalf("the sandbox did not join %s", f.a)
 			}
+			qemu := findProcess(t, "qemu-system", id)
 			pid := findProcess(t, victim, id)
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -423,6 +424,10 @@ func TestCtrShimOrQEMUKilled(t *testing.T) {
 				c.waitStatus(id, "")
 			}
 			c.mustRun("container", "delete", id)
+			// QEMU dies with its shim, but not before containerd has the
+			// news; the sandbox's tap goes with QEMU's last descriptor of
+			// it (netlink cannot delete a tap in use).
+			waitFor(t, "QEMU to be gone", func() bool { return !processAlive(qemu) })
 			if left := f.leftovers(); left != "" {
 				t.Errorf("left in the network namespace:\n%s", left)
 			}
