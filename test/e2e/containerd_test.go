@@ -266,7 +266,9 @@ func TestCtrDetachedLifecycle(t *testing.T) {
 	c := newCtrEnv(t)
 	ev := c.watchEvents()
 	id := c.id()
-	c.mustRun(append(runFlags, "-d", ctrImage, id, "sh", "-c", `trap "echo got TERM; exit 7" TERM; echo started; while true; do sleep 0.2; done`)...)
+	// The background sleep keeps a second process in the container at every
+	// moment, whatever point of its loop the shell is at.
+	c.mustRun(append(runFlags, "-d", ctrImage, id, "sh", "-c", `trap "echo got TERM; exit 7" TERM; echo started; sleep 1000 & while true; do sleep 0.2; done`)...)
 	c.waitStatus(id, "RUNNING")
 	ev.waitFor(t, "/tasks/create", id)
 	ev.waitFor(t, "/tasks/start", id)
