@@ -128,14 +128,14 @@ func templatePaths(dir string) vmPaths {
 	}
 }
 
-// TemplateFingerprint names the template of a sandbox's VM: everything that
-// shapes the saved guest. That is its family (see templateFamily), the
-// QEMU, kernel and initrd files as they are now, this husk's version and
-// agent API, and the host's kernel and CPU.
-func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
+// templateFingerprint names the template of a sandbox's VM: everything that
+// shapes the saved guest. That is its family (see templateFamily, also
+// returned), the QEMU, kernel and initrd files as they are now, this husk's
+// version and agent API, and the host's kernel and CPU.
+func templateFingerprint(opts VMOptions, accel qemu.Accel) (fingerprint, family string, err error) {
 	qcfg, family, err := templateFamily(opts, accel)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%d\x00", family, version.Version, channel.APIVersion)
@@ -149,11 +149,11 @@ func TemplateFingerprint(opts VMOptions, accel qemu.Accel) (string, error) {
 	for _, path := range []string{qcfg.Binary, qcfg.Kernel, qcfg.Initrd} {
 		fi, err := os.Stat(path)
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		fmt.Fprintf(h, "%s %d %d\x00", path, fi.Size(), fi.ModTime().UnixNano())
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	return hex.EncodeToString(h.Sum(nil))[:16], family, nil
 }
 
 // hostCPU is the first CPU's model, microcode and flags from /proc/cpuinfo.
@@ -195,7 +195,7 @@ func templateFamily(opts VMOptions, accel qemu.Accel) (*qemu.Config, string, err
 // EnsureTemplate returns the sandbox's template, made now if there is none.
 // Creates of the same configuration wait for the one that makes it.
 func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
-	fingerprint, err := TemplateFingerprint(opts, accel)
+	fingerprint, family, err := templateFingerprint(opts, accel)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +232,7 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 	}
 	log := opts.logger()
 	began := time.Now()
-	if err := makeTemplate(opts, accel, t); err != nil {
+	if err := makeTemplate(opts, accel, t, family); err != nil {
 		_ = os.WriteFile(failed, []byte(err.Error()+"\n"), 0o600)
 		return nil, fmt.Errorf("making the template: %w", err)
 	}
@@ -335,7 +335,7 @@ func pruneTemplates(root, keep string) {
 	}
 }
 
-// isFingerprint says whether name is one that TemplateFingerprint makes.
+// isFingerprint says whether name is one that templateFingerprint makes.
 func isFingerprint(name string) bool {
 	if len(name) != 16 {
 		return false
@@ -353,7 +353,7 @@ func removeTemplate(root, name string) {
 // agent's ready token, and has QEMU save the machine's state beside the file.
 // Only RAM that the guest wrote takes space in the file (it is sparse), and
 // the state stream leaves the RAM out (QEMU's x-ignore-shared).
-func makeTemplate(opts VMOptions, accel qemu.Accel, t *Template) (retErr error) {
+func makeTemplate(opts VMOptions, accel qemu.Accel, t *Template, family string) error {
 	root := filepath.Dir(t.Dir)
 	tmp, err := os.MkdirTemp(root, filepath.Base(t.Dir)+".making-")
 	if err != nil {
@@ -435,10 +435,6 @@ func makeTemplate(opts VMOptions, accel qemu.Accel, t *Template) (retErr error) 
 		return withLog(err)
 	}
 	vm.Kill()
-	_, family, err := templateFamily(opts, accel)
-	if err != nil {
-		return err
-	}
 	if err := os.WriteFile(filepath.Join(tmp, familyFile), []byte(family), 0o600); err != nil {
 		return err
 	}
@@ -523,10 +519,8 @@ func (vm *VM) restore(t *Template, deadline time.Time) error {
 	// Only QEMU's refusal of the state condemns the template; a restore that
 	// ran out of time on a loaded host does not.
 	fail := func(err error) error {
-		select {
-		case <-vm.exited: // QEMU says why in its log
+		if vm.exitedWithin(500 * time.Millisecond) { // QEMU says why in its log
 			return &RestoreError{Cause: fmt.Errorf("%w: %v", err, vm.exitError())}
-		case <-time.After(500 * time.Millisecond):
 		}
 		return fmt.Errorf("restoring the template: %w", err)
 	}

@@ -52,7 +52,7 @@ func TestTemplateMisfit(t *testing.T) {
 // nothing that is the sandbox's own.
 func TestTemplateFingerprint(t *testing.T) {
 	opts := templateOpts(t)
-	base, err := TemplateFingerprint(opts, qemu.AccelTCG)
+	base, err := fingerprintOf(opts, qemu.AccelTCG)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestTemplateFingerprint(t *testing.T) {
 	if !isFingerprint(base) {
 		t.Errorf("fingerprint %q: want 16 hex digits, which pruning looks for", base)
 	}
-	if fp, err := TemplateFingerprint(other, qemu.AccelTCG); err != nil || fp != base {
+	if fp, err := fingerprintOf(other, qemu.AccelTCG); err != nil || fp != base {
 		t.Errorf("another sandbox's id and directory changed the fingerprint: %s (%v), %s", fp, err, base)
 	}
 	// A network device's address is the sandbox's own: the template's
@@ -71,8 +71,8 @@ func TestTemplateFingerprint(t *testing.T) {
 		o.Taps = []Tap{{MAC: mac}}
 		return o
 	}
-	a, errA := TemplateFingerprint(withNIC("02:00:00:00:00:01"), qemu.AccelTCG)
-	b, errB := TemplateFingerprint(withNIC("02:00:00:00:00:02"), qemu.AccelTCG)
+	a, errA := fingerprintOf(withNIC("02:00:00:00:00:01"), qemu.AccelTCG)
+	b, errB := fingerprintOf(withNIC("02:00:00:00:00:02"), qemu.AccelTCG)
 	if errA != nil || errB != nil {
 		t.Fatal(errA, errB)
 	}
@@ -92,7 +92,7 @@ func TestTemplateFingerprint(t *testing.T) {
 	for name, change := range changes {
 		o := opts
 		change(&o)
-		fp, err := TemplateFingerprint(o, qemu.AccelTCG)
+		fp, err := fingerprintOf(o, qemu.AccelTCG)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +100,7 @@ func TestTemplateFingerprint(t *testing.T) {
 			t.Errorf("%s changed, the fingerprint did not", name)
 		}
 	}
-	if fp, err := TemplateFingerprint(opts, qemu.AccelKVM); err != nil || fp == base {
+	if fp, err := fingerprintOf(opts, qemu.AccelKVM); err != nil || fp == base {
 		t.Errorf("the accelerator changed: fingerprint %q (%v), was %q", fp, err, base)
 	}
 
@@ -204,4 +204,9 @@ func createFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+func fingerprintOf(opts VMOptions, accel qemu.Accel) (string, error) {
+	fp, _, err := templateFingerprint(opts, accel)
+	return fp, err
 }

@@ -254,9 +254,12 @@ func launchVM(opts VMOptions, accel qemu.Accel, tmpl *Template) (_ *VM, retErr e
 			unmountShareRoot(sharedDir)
 		}
 	}()
-	qcfg := vmConfig(opts, accel, sandboxPaths(opts.Dir))
+	machine := opts
 	if tmpl != nil {
-		qcfg = vmConfig(withPlaceholderMACs(opts), accel, sandboxPaths(opts.Dir))
+		machine = withPlaceholderMACs(opts)
+	}
+	qcfg := vmConfig(machine, accel, sandboxPaths(opts.Dir))
+	if tmpl != nil {
 		qcfg.Restore, qcfg.MemoryFile = true, tmpl.memoryFile()
 	}
 	args, err := qcfg.Args()
@@ -444,14 +447,21 @@ func (vm *VM) connect(agentL *net.UnixListener, deadline time.Time, booted bool)
 // its error rather than a bare end of file.
 func (vm *VM) awaitReady(conn net.Conn) error {
 	err := channel.ReadReady(conn)
-	if err != nil {
-		select {
-		case <-vm.exited:
-			return vm.exitError()
-		case <-time.After(100 * time.Millisecond):
-		}
+	if err != nil && vm.exitedWithin(100*time.Millisecond) {
+		return vm.exitError()
 	}
 	return err
+}
+
+// exitedWithin says whether QEMU has exited or does within d: a broken
+// connection is often QEMU's end, whose own error says more.
+func (vm *VM) exitedWithin(d time.Duration) bool {
+	select {
+	case <-vm.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // newHello is the host's hello: its clock and fresh entropy.
