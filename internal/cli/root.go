@@ -41,6 +41,23 @@ func (g *globals) config() (*config.Config, error) {
 	return cfg, nil
 }
 
+// absolutePaths makes the state root and the configuration file's path
+// absolute: husk hands both to the daemons and stand-ins it starts, which
+// work in other directories.
+func (g *globals) absolutePaths() error {
+	root, err := filepath.Abs(g.root)
+	if err != nil {
+		return fmt.Errorf("--root %s: %w", g.root, err)
+	}
+	g.root = root
+	if path, explicit := config.Path(g.configPath); explicit {
+		if g.configPath, err = filepath.Abs(path); err != nil {
+			return fmt.Errorf("configuration file %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
 // ExitError ends the program with a status and no message: the container's
 // own exit status, passed through.
 type ExitError struct{ Status int }
@@ -79,6 +96,9 @@ func newRoot(g *globals) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.absolutePaths(); err != nil {
+				return err
+			}
 			return setupLogging(g)
 		},
 		// husk --version, as runc --version: Docker and others run it.
