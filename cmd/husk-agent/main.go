@@ -17,6 +17,11 @@ func init() {
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		libcontainer.Init()
 	}
+	// The pool's warm-up container runs this binary too; it has done its
+	// part by getting here.
+	if len(os.Args) > 1 && os.Args[1] == agent.WarmUpArg {
+		os.Exit(0)
+	}
 }
 
 func main() {

@@ -207,10 +207,14 @@ func fillPool(g *globals, cfg *config.Config, wait bool) error {
 		}
 	}
 	var spawnErr error
+	var spawned []string
+	started := time.Now()
 	for ; live < cfg.Pool.Size; live++ {
-		if spawnErr = spawnPoolDaemon(g, p, fingerprint); spawnErr != nil {
+		var name string
+		if name, spawnErr = spawnPoolDaemon(g, p, fingerprint); spawnErr != nil {
 			break
 		}
+		spawned = append(spawned, name)
 	}
 	unlock()
 	for _, slot := range stale {
@@ -219,7 +223,16 @@ func fillPool(g *globals, cfg *config.Config, wait bool) error {
 	if spawnErr != nil || !wait {
 		return spawnErr
 	}
-	return waitPoolReady(p, fingerprint, cfg.Pool.Size, cfg.Agent.BootTimeout.Duration+15*time.Second)
+	err = waitPoolReady(p, fingerprint, cfg.Pool.Size, cfg.Agent.BootTimeout.Duration+15*time.Second, spawned, started)
+	if err != nil {
+		// As after a drain, a pool with nothing left in it leaves no
+		// directory.
+		if unlock, lockErr := p.Lock(); lockErr == nil {
+			_ = os.Remove(p.Dir)
+			unlock()
+		}
+	}
+	return err
 }
 
 // topUpPool refills the pool after a create, in a `husk pool fill` of its
@@ -256,7 +269,10 @@ func topUpPool(g *globals, cfg *config.Config) {
 	go func() { _ = cmd.Wait() }()
 }
 
-func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Duration) error {
+// waitPoolReady waits until the pool holds size ready sandboxes. It gives
+// up at once when one of the sandboxes this fill started (spawned, at
+// started) failed, with the end of its log.
+func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Duration, spawned []string, started time.Time) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		slots, err := p.Slots()
@@ -264,7 +280,9 @@ func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Durat
 			return err
 		}
 		ready := 0
+		present := map[string]bool{}
 		for _, slot := range slots {
+			present[slot.Name] = true
 			if !slot.Ending && slot.Info != nil && slot.Info.Ready && slot.Info.Fingerprint == fingerprint && slot.Info.Daemon.Alive() {
 				ready++
 			}
@@ -272,8 +290,19 @@ func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Durat
 		if ready >= size {
 			return nil
 		}
+		for _, name := range spawned {
+			if present[name] {
+				continue
+			}
+			// Gone: claimed by a create, ended by a drain, or failed, in
+			// which case its daemon kept its log.
+			kept := filepath.Join(sandbox.KeptLogDir, sandbox.PooledID(name)+".daemon.log")
+			if fi, err := os.Stat(kept); err == nil && !fi.ModTime().Before(started) {
+				return fmt.Errorf("a pooled sandbox failed: %s (its log: %s)", lastLines(kept, 1), kept)
+			}
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the warm pool has %d of %d sandboxes ready after %s (see the daemon.log and console.log of the slots in %s, and %s/pool-slot-*.console.log for guests that failed to boot)", ready, size, timeout, p.Dir, sandbox.KeptLogDir)
+			return fmt.Errorf("the warm pool has %d of %d sandboxes ready after %s (see the daemon.log and console.log of the slots in %s, and %s/pool-slot-*.daemon.log and console.log of those that failed)", ready, size, timeout, p.Dir, sandbox.KeptLogDir)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -282,25 +311,25 @@ func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Durat
 // spawnPoolDaemon starts a pooled daemon in a new slot and leaves it to
 // boot: in its own session and mount namespace, as startDaemon does, with
 // its output in the slot's daemon log.
-func spawnPoolDaemon(g *globals, p pool.Pool, fingerprint string) error {
+func spawnPoolDaemon(g *globals, p pool.Pool, fingerprint string) (name string, err error) {
 	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("finding the husk binary: %w", err)
+		return "", fmt.Errorf("finding the husk binary: %w", err)
 	}
 	slot, err := p.NewSlot()
 	if err != nil {
-		return err
+		return "", err
 	}
 	logFile, err := os.OpenFile(filepath.Join(slot.Dir, sandbox.DaemonLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		os.RemoveAll(slot.Dir)
-		return fmt.Errorf("creating the pooled daemon's log: %w", err)
+		return "", fmt.Errorf("creating the pooled daemon's log: %w", err)
 	}
 	defer logFile.Close()
 	cmd := daemonProcess(g, self, logFile, poolDaemonCommand, slot.Name)
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(slot.Dir)
-		return fmt.Errorf("starting a pooled sandbox: %w", err)
+		return "", fmt.Errorf("starting a pooled sandbox: %w", err)
 	}
 	// Recorded at once (unshare execs the daemon in the same process), so
 	// that whoever ends the slot finds its daemon even before the daemon
@@ -311,7 +340,7 @@ func spawnPoolDaemon(g *globals, p pool.Pool, fingerprint string) error {
 	// Reaped if this process is still there when it ends; it is not waited
 	// for.
 	go func() { _ = cmd.Wait() }()
-	return nil
+	return slot.Name, nil
 }
 
 // endSlot takes a slot out of the pool and ends its daemon and QEMU.

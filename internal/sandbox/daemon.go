@@ -147,11 +147,22 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 		d.cleanup()
 		return err
 	}
-	opts := Options{ID: "pool-" + filepath.Base(dir), Dir: ".", Config: cfg, Log: d.log, OnExit: d.saveExit}
-	if err := d.boot(cfg, opts); err != nil {
-		d.log.Error("booting a pooled sandbox", "err", err)
+	opts := Options{ID: PooledID(filepath.Base(dir)), Dir: ".", Config: cfg, Log: d.log, OnExit: d.saveExit}
+	// A failed slot's directory goes; its log is kept for `pool fill` to
+	// point at.
+	fail := func(what string, err error) error {
+		d.log.Error(what, "err", err)
+		keepLog(DaemonLog, opts.ID+".daemon.log")
 		d.cleanup()
 		return err
+	}
+	if err := d.boot(cfg, opts); err != nil {
+		return fail("booting a pooled sandbox", err)
+	}
+	// A guest that cannot make the warm-up container would fail a real
+	// one as well: such a sandbox is ended rather than offered.
+	if err := d.sb.WarmUp(); err != nil {
+		return fail("warming up the pooled sandbox", err)
 	}
 	go func() { _ = control.Serve(d.listener, d.handle) }()
 	go func() {
@@ -174,6 +185,10 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 	<-d.stopped
 	return nil
 }
+
+// PooledID is the sandbox id of a pooled sandbox in the named slot, which
+// names its logs kept in KeptLogDir.
+func PooledID(slot string) string { return "pool-" + slot }
 
 // unadoptedGrace is how long a pooled sandbox waits, once a create has
 // renamed its slot out of the pool, for that create's adopt request.

@@ -368,6 +368,21 @@ func agentCall(call func(ctx context.Context) error) error {
 	return nil
 }
 
+// WarmUp has the guest create, run and remove a throwaway container, so
+// that under TCG the code a container's creation runs is translated
+// before a real container comes (the warm pool's sandboxes).
+func (s *Sandbox) WarmUp() error {
+	started := time.Now()
+	if err := agentCall(func(ctx context.Context) error {
+		_, err := s.vm.Agent.WarmUp(ctx, &agentapi.Empty{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("warming up the guest: %w", err)
+	}
+	s.log.Info("guest warmed up", "took", time.Since(started))
+	return nil
+}
+
 // Create shares the bundle's rootfs and volumes with the guest and creates
 // the container there, its process waiting for Start. join names, for each
 // namespace type to share, the container of this sandbox whose namespace
@@ -788,14 +803,20 @@ func (s *Sandbox) Stop() {
 }
 
 // KeptLogDir keeps the console logs of guests that failed to boot or ended
-// under a running container, which would otherwise go with the state
-// directory.
+// under a running container, and the logs of pooled sandboxes that failed,
+// which would otherwise go with the state directory.
 const KeptLogDir = "/var/log/husk"
 
 func keepConsoleLog(dir, id string) string {
 	// A guest that failed before QEMU opened the log leaves an empty one.
-	data, _ := os.ReadFile(filepath.Join(dir, ConsoleLog))
-	kept := filepath.Join(KeptLogDir, id+".console.log")
+	return keepLog(filepath.Join(dir, ConsoleLog), id+".console.log")
+}
+
+// keepLog copies a log file into KeptLogDir under name, and returns the
+// copy's path, or "" if it could not be made.
+func keepLog(path, name string) string {
+	data, _ := os.ReadFile(path)
+	kept := filepath.Join(KeptLogDir, name)
 	if err := os.MkdirAll(KeptLogDir, 0o755); err != nil {
 		return ""
 	}

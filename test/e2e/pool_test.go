@@ -137,7 +137,8 @@ func gone(pid int) bool {
 	return true
 }
 
-// TestWarmPool: a filled pool holds a booted sandbox; a container takes it
+// TestWarmPool: a filled pool holds a booted sandbox, warmed up by a
+// throwaway container; a container takes it
 // (its QEMU is the pooled one), runs with its own rootfs and output, and
 // the pool is refilled in the background with a new sandbox.
 func TestWarmPool(t *testing.T) {
@@ -147,6 +148,11 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("after fill: %+v, want one ready slot", slots)
 	}
 	pooled := slots[0]
+	// The guest ran a throwaway container before the slot was offered.
+	slotLog, err := os.ReadFile(filepath.Join(e.root, "state", "@pool", pooled.Slot, "daemon.log"))
+	if err != nil || !strings.Contains(string(slotLog), `msg="guest warmed up"`) {
+		t.Errorf("the pooled sandbox's log does not show the warm-up (err %v):\n%s", err, slotLog)
+	}
 
 	// husk run takes the pooled sandbox.
 	r := e.run("", "run", "--bundle", e.bundle(nil, "sh", "-c", "echo from the pool; cat /proc/1/cmdline | tr '\\0' ' '"), e.id())
@@ -163,7 +169,9 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("after the run: %+v, want one new slot", slots)
 	}
 	next := slots[0]
-	id := e.id()
+	// The warm-up container's name is free again in the guest, and
+	// nothing of it is left there to clash with.
+	id := "husk-warm-up"
 	if qemu := e.createStartWait(id, nil, "true"); qemu != next.QEMU {
 		t.Errorf("create got QEMU %d, the pooled sandbox's is %d", qemu, next.QEMU)
 	}
@@ -286,6 +294,43 @@ func TestWarmPoolFaultsAndChanges(t *testing.T) {
 
 // TestPoolBadInput: filling a pool that the configuration turns off, and a
 // size out of range, are errors that name pool.size.
+// TestPoolFillFailure: when the sandboxes a `pool fill --wait` starts fail
+// (here a guest image whose /init is not husk's agent), the fill says so
+// with the failure and the kept log, as soon as one fails rather than at
+// its timeout, and leaves no slot, QEMU or daemon behind.
+func TestPoolFillFailure(t *testing.T) {
+	e := newEnv(t)
+	initrd := filepath.Join(e.root, "not-husk.img")
+	if out, err := exec.Command(filepath.Join(buildDir, "husk-mkinitrd"), "-agent", "/bin/busybox", "-o", initrd).CombinedOutput(); err != nil {
+		t.Fatalf("husk-mkinitrd: %v: %s", err, out)
+	}
+	config := fmt.Sprintf("[hypervisor]\nkernel = %q\ninitrd = %q\n[agent]\nboot_timeout = \"3s\"\n[pool]\nsize = 1\n",
+		filepath.Join(buildDir, "vmlinux"), initrd)
+	if err := os.WriteFile(e.config, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := e.run("", "pool", "fill", "--wait")
+	if r.status == 0 || !strings.Contains(r.stderr, "a pooled sandbox failed") || !strings.Contains(r.stderr, "did not come up within 3s") {
+		t.Fatalf("pool fill: status %d, stderr %q", r.status, r.stderr)
+	}
+	_, kept, ok := strings.Cut(strings.TrimSpace(r.stderr), "(its log: ")
+	kept = strings.TrimSuffix(kept, ")")
+	if !ok || !strings.HasPrefix(kept, "/var/log/husk/pool-slot-") {
+		t.Fatalf("no kept log named in %q", r.stderr)
+	}
+	t.Cleanup(func() {
+		os.Remove(kept)
+		os.Remove(strings.TrimSuffix(kept, ".daemon.log") + ".console.log")
+	})
+	if data, err := os.ReadFile(kept); err != nil || !strings.Contains(string(data), "booting a pooled sandbox") {
+		t.Errorf("kept log %s (err %v):\n%s", kept, err, data)
+	}
+	waitForPoolFills(t, e.root)
+	if slots := e.poolStatus(); len(slots) != 0 {
+		t.Errorf("after the failure the pool holds %+v", slots)
+	}
+}
+
 func TestPoolBadInput(t *testing.T) {
 	e := newEnv(t)
 	if r := e.run("", "pool", "fill"); r.status == 0 || !strings.Contains(r.stderr, "pool.size") {

@@ -1435,7 +1435,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x06STDOUT\x10\x02\x12\n" +
 	"\n" +
 	"\x06STDERR\x10\x03\x12\f\n" +
-	"\bTERMINAL\x10\x042\xee\t\n" +
+	"\bTERMINAL\x10\x042\xa4\n" +
+	"\n" +
 	"\x05Agent\x12?\n" +
 	"\x04Ping\x12\x1a.husk.agent.v1.PingRequest\x1a\x1b.husk.agent.v1.PingResponse\x12`\n" +
 	"\x0fCreateContainer\x12%.husk.agent.v1.CreateContainerRequest\x1a&.husk.agent.v1.CreateContainerResponse\x12G\n" +
@@ -1452,7 +1453,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eStatsContainer\x12\x1f.husk.agent.v1.ContainerRequest\x1a%.husk.agent.v1.StatsContainerResponse\x126\n" +
 	"\bShutdown\x12\x14.husk.agent.v1.Empty\x1a\x14.husk.agent.v1.Empty\x12H\n" +
 	"\fDebugConsole\x12\".husk.agent.v1.DebugConsoleRequest\x1a\x14.husk.agent.v1.Empty\x12P\n" +
-	"\x10ConfigureNetwork\x12&.husk.agent.v1.ConfigureNetworkRequest\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
+	"\x10ConfigureNetwork\x12&.husk.agent.v1.ConfigureNetworkRequest\x1a\x14.husk.agent.v1.Empty\x124\n" +
+	"\x06WarmUp\x12\x14.husk.agent.v1.Empty\x1a\x14.husk.agent.v1.EmptyB1Z/github.com/husk-runtime/husk/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1512,24 +1514,26 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	6,  // 16: husk.agent.v1.Agent.Shutdown:input_type -> husk.agent.v1.Empty
 	10, // 17: husk.agent.v1.Agent.DebugConsole:input_type -> husk.agent.v1.DebugConsoleRequest
 	9,  // 18: husk.agent.v1.Agent.ConfigureNetwork:input_type -> husk.agent.v1.ConfigureNetworkRequest
-	12, // 19: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
-	14, // 20: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
-	6,  // 21: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
-	17, // 22: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
-	6,  // 23: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
-	6,  // 24: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
-	6,  // 25: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
-	2,  // 26: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
-	3,  // 27: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
-	6,  // 28: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
-	6,  // 29: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
-	6,  // 30: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
-	5,  // 31: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
-	6,  // 32: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
-	6,  // 33: husk.agent.v1.Agent.DebugConsole:output_type -> husk.agent.v1.Empty
-	6,  // 34: husk.agent.v1.Agent.ConfigureNetwork:output_type -> husk.agent.v1.Empty
-	19, // [19:35] is the sub-list for method output_type
-	3,  // [3:19] is the sub-list for method input_type
+	6,  // 19: husk.agent.v1.Agent.WarmUp:input_type -> husk.agent.v1.Empty
+	12, // 20: husk.agent.v1.Agent.Ping:output_type -> husk.agent.v1.PingResponse
+	14, // 21: husk.agent.v1.Agent.CreateContainer:output_type -> husk.agent.v1.CreateContainerResponse
+	6,  // 22: husk.agent.v1.Agent.StartContainer:output_type -> husk.agent.v1.Empty
+	17, // 23: husk.agent.v1.Agent.WaitProcess:output_type -> husk.agent.v1.WaitProcessResponse
+	6,  // 24: husk.agent.v1.Agent.SignalProcess:output_type -> husk.agent.v1.Empty
+	6,  // 25: husk.agent.v1.Agent.ResizeTerminal:output_type -> husk.agent.v1.Empty
+	6,  // 26: husk.agent.v1.Agent.RemoveContainer:output_type -> husk.agent.v1.Empty
+	2,  // 27: husk.agent.v1.Agent.ExecProcess:output_type -> husk.agent.v1.ExecProcessResponse
+	3,  // 28: husk.agent.v1.Agent.ListProcesses:output_type -> husk.agent.v1.ListProcessesResponse
+	6,  // 29: husk.agent.v1.Agent.PauseContainer:output_type -> husk.agent.v1.Empty
+	6,  // 30: husk.agent.v1.Agent.ResumeContainer:output_type -> husk.agent.v1.Empty
+	6,  // 31: husk.agent.v1.Agent.UpdateContainer:output_type -> husk.agent.v1.Empty
+	5,  // 32: husk.agent.v1.Agent.StatsContainer:output_type -> husk.agent.v1.StatsContainerResponse
+	6,  // 33: husk.agent.v1.Agent.Shutdown:output_type -> husk.agent.v1.Empty
+	6,  // 34: husk.agent.v1.Agent.DebugConsole:output_type -> husk.agent.v1.Empty
+	6,  // 35: husk.agent.v1.Agent.ConfigureNetwork:output_type -> husk.agent.v1.Empty
+	6,  // 36: husk.agent.v1.Agent.WarmUp:output_type -> husk.agent.v1.Empty
+	20, // [20:37] is the sub-list for method output_type
+	3,  // [3:20] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name

@@ -24,6 +24,7 @@ type AgentService interface {
 	Shutdown(context.Context, *Empty) (*Empty, error)
 	DebugConsole(context.Context, *DebugConsoleRequest) (*Empty, error)
 	ConfigureNetwork(context.Context, *ConfigureNetworkRequest) (*Empty, error)
+	WarmUp(context.Context, *Empty) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -140,6 +141,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ConfigureNetwork(ctx, &req)
+			},
+			"WarmUp": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WarmUp(ctx, &req)
 			},
 		},
 	})
@@ -278,6 +286,14 @@ func (c *agentClient) DebugConsole(ctx context.Context, req *DebugConsoleRequest
 func (c *agentClient) ConfigureNetwork(ctx context.Context, req *ConfigureNetworkRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "husk.agent.v1.Agent", "ConfigureNetwork", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WarmUp(ctx context.Context, req *Empty) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "husk.agent.v1.Agent", "WarmUp", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
