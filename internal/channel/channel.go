@@ -26,7 +26,7 @@ const PortName = "agent.channel.0"
 // APIVersion names the agent API a build speaks: a host and a guest image
 // work together when theirs are equal. Raise it whenever a change to
 // api/agent/v1 or to this wire would break the other side.
-const APIVersion = 3
+const APIVersion = 4
 
 // SharedTag is the 9p mount tag of the sandbox's shared directory, and
 // GuestSharedDir where the agent mounts it: a container's files appear in the
