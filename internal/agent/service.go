@@ -485,8 +485,12 @@ func (s *Service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Em
 		}
 	}
 	s.mu.Unlock()
-	// Power off after the reply has had time to leave; the host waits for
-	// QEMU to exit either way.
+	// What the containers wrote through mappings of shared files reaches
+	// the host before the reply: the host may end QEMU as soon as it has
+	// it, without waiting for the guest's own power-off.
+	unix.Sync()
+	// Power off after the reply has had time to leave, for a host that
+	// waits for it.
 	time.AfterFunc(20*time.Millisecond, s.powerOff)
 	return &agentapi.Empty{}, nil
 }
