@@ -477,17 +477,35 @@ func (s *Service) RemoveContainer(ctx context.Context, req *agentapi.RemoveConta
 	return &agentapi.Empty{}, nil
 }
 
+// shutdownKillWait bounds how long Shutdown waits for the containers it
+// killed before syncing.
+const shutdownKillWait = 200 * time.Millisecond
+
 func (s *Service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empty, error) {
 	s.mu.Lock()
+	var killed []*process
 	for _, c := range s.containers {
 		if c != nil {
 			_ = c.lc.Signal(unix.SIGKILL)
+			killed = append(killed, c.init)
 		}
 	}
 	s.mu.Unlock()
 	// What the containers wrote through mappings of shared files reaches
 	// the host before the reply: the host may end QEMU as soon as it has
-	// it, without waiting for the guest's own power-off.
+	// it, without waiting for the guest's own power-off. The sync comes
+	// once the killed processes are gone (or after a bounded wait), so
+	// that nothing they still write is left behind it.
+	timeout := time.NewTimer(shutdownKillWait)
+	defer timeout.Stop()
+wait:
+	for _, p := range killed {
+		select {
+		case <-p.done:
+		case <-timeout.C:
+			break wait
+		}
+	}
 	unix.Sync()
 	// Power off after the reply has had time to leave, for a host that
 	// waits for it.

@@ -33,7 +33,7 @@ const warmUpExe = "/husk-warm-up"
 // pivot into its root, devices, the cgroup, capabilities, the filter, the
 // exec. Its root is an empty directory on the guest's /run with the
 // agent's binary bound into it.
-func (s *Service) WarmUp(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empty, error) {
+func (s *Service) WarmUp(ctx context.Context, _ *agentapi.Empty) (_ *agentapi.Empty, retErr error) {
 	s.mu.Lock()
 	if _, exists := s.containers[warmUpID]; exists {
 		s.mu.Unlock()
@@ -71,7 +71,13 @@ func (s *Service) WarmUp(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empt
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "warm-up: creating the container: %v", err)
 	}
-	defer func() { _ = lc.Destroy() }()
+	// A container whose state or cgroup stayed would fail a real one of
+	// the same name later: the warm-up fails with it.
+	defer func() {
+		if err := lc.Destroy(); err != nil && retErr == nil {
+			retErr = status.Errorf(codes.Internal, "warm-up: removing the container: %v", err)
+		}
+	}()
 	p, err := s.startProcess(lc, warmUpID, "", proc, stdio{})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "warm-up: %v", err)

@@ -223,7 +223,8 @@ func fillPool(g *globals, cfg *config.Config, wait bool) error {
 	if spawnErr != nil || !wait {
 		return spawnErr
 	}
-	err = waitPoolReady(p, fingerprint, cfg.Pool.Size, cfg.Agent.BootTimeout.Duration+15*time.Second, spawned, started)
+	// A pooled sandbox boots and then warms up, each within boot_timeout.
+	err = waitPoolReady(p, fingerprint, cfg.Pool.Size, 2*cfg.Agent.BootTimeout.Duration+15*time.Second, spawned, started)
 	if err != nil {
 		// As after a drain, a pool with nothing left in it leaves no
 		// directory.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -43,19 +44,45 @@ func (g *globals) config() (*config.Config, error) {
 
 // absolutePaths makes the state root and the configuration file's path
 // absolute: husk hands both to the daemons and stand-ins it starts, which
-// work in other directories.
+// work in other directories. The root's symbolic links are resolved too
+// (Docker's is under /var/run, a link to /run on most systems): a daemon
+// compares the root with its working directory, which the kernel reports
+// with no links in it.
 func (g *globals) absolutePaths() error {
 	root, err := filepath.Abs(g.root)
 	if err != nil {
 		return fmt.Errorf("--root %s: %w", g.root, err)
 	}
-	g.root = root
+	if g.root, err = resolveExisting(root); err != nil {
+		return fmt.Errorf("--root %s: %w", root, err)
+	}
 	if path, explicit := config.Path(g.configPath); explicit {
 		if g.configPath, err = filepath.Abs(path); err != nil {
 			return fmt.Errorf("configuration file %s: %w", path, err)
 		}
 	}
 	return nil
+}
+
+// resolveExisting resolves the symbolic links in the part of the absolute
+// path that exists; the rest, which husk creates, is kept as it is.
+func resolveExisting(path string) (string, error) {
+	existing, rest := path, ""
+	for {
+		resolved, err := filepath.EvalSymlinks(existing)
+		if err == nil {
+			return filepath.Join(resolved, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			return path, nil
+		}
+		rest = filepath.Join(filepath.Base(existing), rest)
+		existing = parent
+	}
 }
 
 // ExitError ends the program with a status and no message: the container's

@@ -32,10 +32,10 @@ const DirName = "@pool"
 // infoFile is a slot's description, written by its daemon.
 const infoFile = "slot.json"
 
-// slotPrefix starts every slot directory's name; endingPrefix that of a
+// SlotPrefix starts every slot directory's name; endingPrefix that of a
 // slot taken out of the pool to be ended.
 const (
-	slotPrefix   = "slot-"
+	SlotPrefix   = "slot-"
 	endingPrefix = "ending-"
 )
 
@@ -76,7 +76,7 @@ func (p Pool) NewSlot() (*Slot, error) {
 	if err := os.MkdirAll(p.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("creating the pool directory: %w", err)
 	}
-	dir, err := os.MkdirTemp(p.Dir, slotPrefix)
+	dir, err := os.MkdirTemp(p.Dir, SlotPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("creating a pool slot: %w", err)
 	}
@@ -144,7 +144,7 @@ func (p Pool) Slots() ([]*Slot, error) {
 	var slots []*Slot
 	for _, e := range entries {
 		ending := strings.HasPrefix(e.Name(), endingPrefix)
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), slotPrefix) && !ending {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), SlotPrefix) && !ending {
 			continue
 		}
 		fi, err := e.Info()
@@ -196,7 +196,7 @@ func (p Pool) Take(slot *Slot) (string, error) {
 	if slot.Ending {
 		return slot.Dir, nil
 	}
-	dir := filepath.Join(p.Dir, endingPrefix+strings.TrimPrefix(slot.Name, slotPrefix))
+	dir := filepath.Join(p.Dir, endingPrefix+strings.TrimPrefix(slot.Name, SlotPrefix))
 	err := unix.Renameat2(unix.AT_FDCWD, slot.Dir, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.ENOENT) {
 		return "", nil

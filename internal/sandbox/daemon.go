@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -153,6 +154,8 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 	fail := func(what string, err error) error {
 		d.log.Error(what, "err", err)
 		keepLog(DaemonLog, opts.ID+".daemon.log")
+		keepConsoleLog(".", opts.ID)
+		pruneKeptPoolLogs()
 		d.cleanup()
 		return err
 	}
@@ -161,7 +164,7 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 	}
 	// A guest that cannot make the warm-up container would fail a real
 	// one as well: such a sandbox is ended rather than offered.
-	if err := d.sb.WarmUp(); err != nil {
+	if err := d.sb.WarmUp(cfg.Agent.BootTimeout.Duration); err != nil {
 		return fail("warming up the pooled sandbox", err)
 	}
 	go func() { _ = control.Serve(d.listener, d.handle) }()
@@ -190,6 +193,30 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 // names its logs kept in KeptLogDir.
 func PooledID(slot string) string { return "pool-" + slot }
 
+// keptPoolLogs is how many logs of failed pooled sandboxes KeptLogDir
+// keeps: with a guest that always fails, every create's refill of the pool
+// would otherwise add two files for ever.
+const keptPoolLogs = 16
+
+// pruneKeptPoolLogs removes the oldest kept logs of pooled sandboxes
+// beyond keptPoolLogs.
+func pruneKeptPoolLogs() {
+	paths, _ := filepath.Glob(filepath.Join(KeptLogDir, PooledID(pool.SlotPrefix)+"*.log"))
+	if len(paths) <= keptPoolLogs {
+		return
+	}
+	modified := map[string]time.Time{}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			modified[p] = fi.ModTime()
+		}
+	}
+	sort.Slice(paths, func(i, j int) bool { return modified[paths[i]].After(modified[paths[j]]) })
+	for _, p := range paths[keptPoolLogs:] {
+		os.Remove(p)
+	}
+}
+
 // unadoptedGrace is how long a pooled sandbox waits, once a create has
 // renamed its slot out of the pool, for that create's adopt request.
 const unadoptedGrace = 10 * time.Second
@@ -212,7 +239,7 @@ func (d *Daemon) endIfClaimedAndLeft() {
 		}
 		wd, err := os.Getwd()
 		switch {
-		case err == nil && filepath.Dir(wd) == poolDir:
+		case err == nil && sameDirectory(filepath.Dir(wd), poolDir) == nil:
 			leftAt = time.Time{}
 		case leftAt.IsZero():
 			leftAt = time.Now()
@@ -506,7 +533,7 @@ func (d *Daemon) cleanup() {
 	if id == "" {
 		// A pooled daemon's slot is renamed when it is taken out of the
 		// pool to be ended; its working directory followed.
-		if wd, err := os.Getwd(); err == nil && filepath.Dir(wd) == pool.Of(d.store.Root).Dir {
+		if wd, err := os.Getwd(); err == nil && sameDirectory(filepath.Dir(wd), pool.Of(d.store.Root).Dir) == nil {
 			dir = wd
 		}
 	}

@@ -370,14 +370,14 @@ func agentCall(call func(ctx context.Context) error) error {
 
 // WarmUp has the guest create, run and remove a throwaway container, so
 // that under TCG the code a container's creation runs is translated
-// before a real container comes (the warm pool's sandboxes).
-func (s *Sandbox) WarmUp() error {
+// before a real container comes (the warm pool's sandboxes). It gives up
+// after timeout.
+func (s *Sandbox) WarmUp(timeout time.Duration) error {
 	started := time.Now()
-	if err := agentCall(func(ctx context.Context) error {
-		_, err := s.vm.Agent.WarmUp(ctx, &agentapi.Empty{})
-		return err
-	}); err != nil {
-		return fmt.Errorf("warming up the guest: %w", err)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if _, err := s.vm.Agent.WarmUp(ctx, &agentapi.Empty{}); err != nil {
+		return fmt.Errorf("warming up the guest: %w", agentError(err))
 	}
 	s.log.Info("guest warmed up", "took", time.Since(started))
 	return nil

@@ -180,6 +180,42 @@ func TestWarmPool(t *testing.T) {
 	}
 }
 
+// TestPoolRelativePaths: a --root and --config relative to the working
+// directory, the root through a symbolic link (Docker's is under /var/run,
+// a link to /run), reach the pooled daemons, which work elsewhere: the fill
+// completes, the pooled sandbox stays (a daemon that took the link for
+// another directory would end itself as claimed and never adopted once
+// its grace ran out), and a run from the same directory takes it.
+func TestPoolRelativePaths(t *testing.T) {
+	e := newPoolEnv(t, 1)
+	if err := os.Symlink(".", filepath.Join(e.root, "linked")); err != nil {
+		t.Fatal(err)
+	}
+	relative := func(args ...string) result {
+		cmd := exec.Command(huskBin, append([]string{"--root", "linked/state", "--config", filepath.Base(e.config)}, args...)...)
+		cmd.Dir = e.root
+		return runCommand(t, cmd, "")
+	}
+	if r := relative("pool", "fill", "--wait"); r.status != 0 {
+		t.Fatalf("pool fill with relative paths: status %d, stderr %q", r.status, r.stderr)
+	}
+	slots := e.poolStatus()
+	if len(slots) != 1 || slots[0].Status != "ready" {
+		t.Fatalf("after the fill: %+v, want one ready slot", slots)
+	}
+	time.Sleep(12 * time.Second) // past the daemon's grace for an unadopted claim
+	if now := e.poolStatus(); len(now) != 1 || now[0].Slot != slots[0].Slot || now[0].Status != "ready" {
+		t.Fatalf("12 s after the fill: %+v, want %s still ready", now, slots[0].Slot)
+	}
+	r := relative("run", "--bundle", e.bundle(nil, "echo", "relative"), e.id())
+	if r.status != 0 || r.stdout != "relative\n" {
+		t.Fatalf("run with relative paths: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+	}
+	if !gone(slots[0].QEMU) {
+		t.Errorf("the run did not take the pooled sandbox (its QEMU %d still runs)", slots[0].QEMU)
+	}
+}
+
 // TestWarmPoolMisfits: a container whose VM would differ from a pooled one
 // (a memory limit; a network namespace with an interface) boots its own,
 // and the pooled sandbox stays ready; a namespace with loopback only takes
@@ -292,12 +328,11 @@ func TestWarmPoolFaultsAndChanges(t *testing.T) {
 	}
 }
 
-// TestPoolBadInput: filling a pool that the configuration turns off, and a
-// size out of range, are errors that name pool.size.
 // TestPoolFillFailure: when the sandboxes a `pool fill --wait` starts fail
 // (here a guest image whose /init is not husk's agent), the fill says so
 // with the failure and the kept log, as soon as one fails rather than at
-// its timeout, and leaves no slot, QEMU or daemon behind.
+// its timeout, and leaves no slot behind (nor QEMU or daemon: the env's
+// leak check).
 func TestPoolFillFailure(t *testing.T) {
 	e := newEnv(t)
 	initrd := filepath.Join(e.root, "not-husk.img")
@@ -325,12 +360,17 @@ func TestPoolFillFailure(t *testing.T) {
 	if data, err := os.ReadFile(kept); err != nil || !strings.Contains(string(data), "booting a pooled sandbox") {
 		t.Errorf("kept log %s (err %v):\n%s", kept, err, data)
 	}
+	if console := strings.TrimSuffix(kept, ".daemon.log") + ".console.log"; !fileExists(console) {
+		t.Errorf("the failed guest's console log %s was not kept", console)
+	}
 	waitForPoolFills(t, e.root)
 	if slots := e.poolStatus(); len(slots) != 0 {
 		t.Errorf("after the failure the pool holds %+v", slots)
 	}
 }
 
+// TestPoolBadInput: filling a pool that the configuration turns off, and a
+// size out of range, are errors that name pool.size.
 func TestPoolBadInput(t *testing.T) {
 	e := newEnv(t)
 	if r := e.run("", "pool", "fill"); r.status == 0 || !strings.Contains(r.stderr, "pool.size") {
