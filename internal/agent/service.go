@@ -77,25 +77,35 @@ func (s *Service) lookup(id string) (*container, error) {
 	return c, nil
 }
 
+// reserve takes a container id while the container is being made (its
+// entry stays nil until then); release gives it back.
+func (s *Service) reserve(id string) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, exists := s.containers[id]; exists {
+		return nil, status.Errorf(codes.AlreadyExists, "container %s already exists", id)
+	}
+	s.containers[id] = nil
+	return func() {
+		s.mu.Lock()
+		delete(s.containers, id)
+		s.mu.Unlock()
+	}, nil
+}
+
 func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (_ *agentapi.CreateContainerResponse, retErr error) {
 	id := req.GetContainerId()
 	var spec specs.Spec
 	if err := json.Unmarshal(req.GetSpecJson(), &spec); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "decoding the spec of %s: %v", id, err)
 	}
-	s.mu.Lock()
-	if _, exists := s.containers[id]; exists {
-		s.mu.Unlock()
-		return nil, status.Errorf(codes.AlreadyExists, "container %s already exists", id)
+	release, err := s.reserve(id)
+	if err != nil {
+		return nil, err
 	}
-	// Reserve the id while the container is being made.
-	s.containers[id] = nil
-	s.mu.Unlock()
 	defer func() {
 		if retErr != nil {
-			s.mu.Lock()
-			delete(s.containers, id)
-			s.mu.Unlock()
+			release()
 		}
 	}()
 

@@ -34,18 +34,11 @@ const warmUpExe = "/husk-warm-up"
 // exec. Its root is an empty directory on the guest's /run with the
 // agent's binary bound into it.
 func (s *Service) WarmUp(ctx context.Context, _ *agentapi.Empty) (_ *agentapi.Empty, retErr error) {
-	s.mu.Lock()
-	if _, exists := s.containers[warmUpID]; exists {
-		s.mu.Unlock()
-		return nil, status.Errorf(codes.AlreadyExists, "container %s already exists", warmUpID)
+	release, err := s.reserve(warmUpID)
+	if err != nil {
+		return nil, err
 	}
-	s.containers[warmUpID] = nil
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.containers, warmUpID)
-		s.mu.Unlock()
-	}()
+	defer release()
 
 	dir, err := os.MkdirTemp("/run", "husk-warm-up-")
 	if err != nil {
