@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,6 +47,9 @@ const (
 	// made, so that every create does not try again at once.
 	templateFailedSuffix = ".failed"
 	templateRetry        = time.Minute
+	// templateLockSuffix names the lock file that serialises making,
+	// discarding and removing a fingerprint's template.
+	templateLockSuffix = ".lock"
 )
 
 func (t *Template) memoryFile() string { return filepath.Join(t.Dir, templateMemory) }
@@ -74,7 +78,7 @@ func (t *Template) touch() {
 // that another create has just made anew. Guests restored from it keep their
 // mapping of its memory file.
 func (t *Template) Discard(wait time.Duration) {
-	unlock, err := lockFile(t.Dir+".lock", wait)
+	unlock, err := lockFile(t.Dir+templateLockSuffix, wait)
 	if err != nil {
 		return
 	}
@@ -210,7 +214,7 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 	}
 	// A create waits for another making the same template no longer than a
 	// boot would take, then boots.
-	unlock, err := lockFile(t.Dir+".lock", opts.Config.Agent.BootTimeout.Duration)
+	unlock, err := lockFile(t.Dir+templateLockSuffix, opts.Config.Agent.BootTimeout.Duration)
 	if err != nil {
 		return nil, err
 	}
@@ -260,30 +264,65 @@ func checkTemplateRoot(root string) error {
 }
 
 // lockFile takes an exclusive lock on path, waiting for it no longer than
-// wait. Lock files are never removed: one removed while another process
-// waits on it would let a third lock a new file of the same name.
+// wait. A lock file may be removed by its holder (removeLockFile); a
+// process that was waiting on the removed file finds, once it has the
+// lock, that the path no longer names the file it locked, and locks the
+// path's new file instead.
 func lockFile(path string, wait time.Duration) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", path, err)
-	}
 	deadline := time.Now().Add(wait)
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("opening %s: %w", path, err)
+		}
+		err = flockUntil(f, deadline, wait)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		if lockedFileIsPath(f, path) {
 			return func() { f.Close() }, nil
 		}
+		f.Close() // removed while we waited: lock the new one
+	}
+}
+
+// flockUntil takes an exclusive lock on f, trying until deadline.
+func flockUntil(f *os.File, deadline time.Time, wait time.Duration) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			break
+			return err
 		}
 		if time.Now().After(deadline) {
-			err = fmt.Errorf("still held after %s", wait)
-			break
+			return fmt.Errorf("still held after %s", wait)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	f.Close()
-	return nil, fmt.Errorf("locking %s: %w", path, err)
+}
+
+// lockedFileIsPath says whether path still names the open file f.
+func lockedFileIsPath(f *os.File, path string) bool {
+	locked, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	current, err := os.Stat(path)
+	return err == nil && os.SameFile(locked, current)
+}
+
+// removeLockFile removes a lock file that nobody holds, holding it while it
+// does; a held one is left.
+func removeLockFile(path string) {
+	unlock, err := lockFile(path, 0)
+	if err != nil {
+		return
+	}
+	_ = os.Remove(path)
+	unlock()
 }
 
 // familyFile holds a template's family (templateFamily).
@@ -312,6 +351,21 @@ func pruneTemplates(root, keep string) {
 	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		name := e.Name()
+		// The lock of a fingerprint with no template (one that failed, or
+		// was removed before locks were) goes too, unless held.
+		if fp, isLock := strings.CutSuffix(name, templateLockSuffix); isLock && fp != keep && isFingerprint(fp) {
+			if _, err := os.Stat(filepath.Join(root, fp)); errors.Is(err, fs.ErrNotExist) {
+				removeLockFile(filepath.Join(root, name))
+			}
+			continue
+		}
+		// A failed attempt's marker counts for templateRetry only.
+		if fp, isMarker := strings.CutSuffix(name, templateFailedSuffix); isMarker && fp != keep && isFingerprint(fp) {
+			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > templateRetry {
+				_ = os.Remove(filepath.Join(root, name))
+			}
+			continue
+		}
 		if name == keep || !e.IsDir() || !isFingerprint(name) {
 			continue
 		}
@@ -347,6 +401,7 @@ func isFingerprint(name string) bool {
 func removeTemplate(root, name string) {
 	_ = os.RemoveAll(filepath.Join(root, name))
 	_ = os.Remove(filepath.Join(root, name+templateFailedSuffix))
+	removeLockFile(filepath.Join(root, name+templateLockSuffix))
 }
 
 // makeTemplate boots the guest with its RAM in a shared file, waits for the

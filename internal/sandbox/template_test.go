@@ -144,13 +144,32 @@ func TestPruneTemplates(t *testing.T) {
 	if err := os.Mkdir(making, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// Locks of fingerprints with no template: a free one goes, a held one
+	// stays.
+	orphan, heldOrphan := name(500), name(501)
+	createFile(t, filepath.Join(root, orphan+".lock"))
+	unlock, err := lockFile(filepath.Join(root, heldOrphan+".lock"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	// Markers of failed attempts: an old one goes, a recent one stays.
+	oldFailure, newFailure := name(600), name(601)
+	createFile(t, filepath.Join(root, oldFailure+templateFailedSuffix))
+	longAgo := now.Add(-2 * templateRetry)
+	if err := os.Chtimes(filepath.Join(root, oldFailure+templateFailedSuffix), longAgo, longAgo); err != nil {
+		t.Fatal(err)
+	}
+	createFile(t, filepath.Join(root, newFailure+templateFailedSuffix))
 	pruneTemplates(root, keep)
 	lruKept, lruGone := name(100+maxTemplates-3), name(100+maxTemplates-2)
 	for path, want := range map[string]bool{
 		keep: true, keep + ".lock": true, keep + ".making-123": true,
-		old: false, old + ".lock": true, // lock files stay: another process may wait on one
-		other: true, lruKept: true, lruGone: false,
-		"someone-elses": true, name(999): true,
+		old: false, old + ".lock": false,
+		other: true, lruKept: true, lruGone: false, lruGone + ".lock": false,
+		"someone-elses": true, "someone-elses.lock": true, name(999): true, name(999) + ".lock": true,
+		orphan + ".lock": false, heldOrphan + ".lock": true,
+		oldFailure + templateFailedSuffix: false, newFailure + templateFailedSuffix: true,
 	} {
 		_, err := os.Stat(filepath.Join(root, path))
 		if got := err == nil; got != want {
@@ -196,6 +215,39 @@ func TestLockFileWaitsBounded(t *testing.T) {
 		t.Fatalf("after unlock: %v", err)
 	}
 	unlock2()
+}
+
+// A process that waited on a lock file its holder then removed ends up
+// holding the lock of the file the path names now, not of the removed one:
+// nobody else can take the path's lock meanwhile.
+func TestLockFileFollowsRemoval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.lock")
+	unlockFirst, err := lockFile(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		unlock func()
+		err    error
+	}
+	waiter := make(chan result)
+	go func() {
+		unlock, err := lockFile(path, 10*time.Second)
+		waiter <- result{unlock, err}
+	}()
+	time.Sleep(100 * time.Millisecond) // let the waiter open the first file
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	unlockFirst()
+	got := <-waiter
+	if got.err != nil {
+		t.Fatalf("waiter: %v", got.err)
+	}
+	defer got.unlock()
+	if _, err := lockFile(path, 0); err == nil {
+		t.Error("the path's lock was free while the waiter held a lock: it held the removed file's")
+	}
 }
 
 func createFile(t *testing.T, path string) string {
