@@ -297,7 +297,7 @@ func waitPoolReady(p pool.Pool, fingerprint string, size int, timeout time.Durat
 			}
 			// Gone: claimed by a create, ended by a drain, or failed, in
 			// which case its daemon kept its log.
-			kept := filepath.Join(sandbox.KeptLogDir, sandbox.PooledID(name)+".daemon.log")
+			kept := sandbox.KeptPoolDaemonLog(name)
 			if fi, err := os.Stat(kept); err == nil && !fi.ModTime().Before(started) {
 				return fmt.Errorf("a pooled sandbox failed: %s (its log: %s)", lastLines(kept, 1), kept)
 			}

@@ -171,7 +171,7 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 	// point at.
 	fail := func(what string, err error) error {
 		d.log.Error(what, "err", err)
-		keepLog(DaemonLog, opts.ID+".daemon.log")
+		keepLog(DaemonLog, KeptPoolDaemonLog(filepath.Base(dir)))
 		keepConsoleLog(".", opts.ID)
 		pruneKeptPoolLogs()
 		d.cleanup()
@@ -211,6 +211,12 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 // PooledID is the sandbox id of a pooled sandbox in the named slot, which
 // names its logs kept in KeptLogDir.
 func PooledID(slot string) string { return "pool-" + slot }
+
+// KeptPoolDaemonLog is where a pooled sandbox in the named slot that failed
+// keeps its daemon's log.
+func KeptPoolDaemonLog(slot string) string {
+	return filepath.Join(KeptLogDir, PooledID(slot)+"."+DaemonLog)
+}
 
 // keptPoolLogs is how many logs of failed pooled sandboxes KeptLogDir
 // keeps: with a guest that always fails, every create's refill of the pool

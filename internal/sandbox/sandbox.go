@@ -809,14 +809,13 @@ const KeptLogDir = "/var/log/husk"
 
 func keepConsoleLog(dir, id string) string {
 	// A guest that failed before QEMU opened the log leaves an empty one.
-	return keepLog(filepath.Join(dir, ConsoleLog), id+".console.log")
+	return keepLog(filepath.Join(dir, ConsoleLog), filepath.Join(KeptLogDir, id+".console.log"))
 }
 
-// keepLog copies a log file into KeptLogDir under name, and returns the
-// copy's path, or "" if it could not be made.
-func keepLog(path, name string) string {
+// keepLog copies a log file to kept, in KeptLogDir, and returns the copy's
+// path, or "" if it could not be made.
+func keepLog(path, kept string) string {
 	data, _ := os.ReadFile(path)
-	kept := filepath.Join(KeptLogDir, name)
 	if err := os.MkdirAll(KeptLogDir, 0o755); err != nil {
 		return ""
 	}
