@@ -360,7 +360,12 @@ func agentError(err error) error {
 // agentCall makes one agent request, bounded by requestTimeout, and
 // converts the agent's error at this edge.
 func agentCall(call func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	return agentCallWithin(requestTimeout, call)
+}
+
+// agentCallWithin is agentCall bounded by timeout.
+func agentCallWithin(timeout time.Duration, call func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := call(ctx); err != nil {
 		return agentError(err)
@@ -374,10 +379,11 @@ func agentCall(call func(ctx context.Context) error) error {
 // after timeout.
 func (s *Sandbox) WarmUp(timeout time.Duration) error {
 	started := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if _, err := s.vm.Agent.WarmUp(ctx, &agentapi.Empty{}); err != nil {
-		return fmt.Errorf("warming up the guest: %w", agentError(err))
+	if err := agentCallWithin(timeout, func(ctx context.Context) error {
+		_, err := s.vm.Agent.WarmUp(ctx, &agentapi.Empty{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("warming up the guest: %w", err)
 	}
 	s.log.Info("guest warmed up", "took", time.Since(started))
 	return nil
