@@ -15,6 +15,9 @@ func FuzzReadHeader(f *testing.F) {
 	var good bytes.Buffer
 	_ = WriteHeader(&good, &agentapi.StreamHeader{ContainerId: "c", ExecId: "e", Kind: agentapi.StreamHeader_STDIN})
 	f.Add(good.Bytes())
+	var console bytes.Buffer
+	_ = WriteHeader(&console, &agentapi.StreamHeader{ExecId: "e", Kind: agentapi.StreamHeader_TERMINAL})
+	f.Add(console.Bytes())
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -24,7 +27,10 @@ func FuzzReadHeader(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if h.GetContainerId() == "" || h.GetKind() == agentapi.StreamHeader_UNKNOWN {
+		// The one header without a container is the debug console's: a
+		// terminal named by its exec id alone.
+		debugConsole := h.GetKind() == agentapi.StreamHeader_TERMINAL && h.GetExecId() != ""
+		if h.GetKind() == agentapi.StreamHeader_UNKNOWN || (h.GetContainerId() == "" && !debugConsole) {
 			t.Fatalf("accepted an invalid header %v", h)
 		}
 		// Exactly the length prefix and the length it names are consumed;
