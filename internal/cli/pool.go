@@ -60,9 +60,9 @@ func newPoolDaemonCommand(g *globals) *cobra.Command {
 // handed out.
 func poolFingerprint(cfg *config.Config) string {
 	h := sha256.New()
-	c := *cfg
+	c := *cfg.ForPool()
 	c.Source = ""
-	c.Pool = config.Pool{} // the pool's size says nothing of its sandboxes
+	c.Pool.Size = 0 // the pool's size says nothing of its sandboxes
 	data, _ := json.Marshal(&c)
 	h.Write(data)
 	fmt.Fprintf(h, "\x00%s", version.Version)

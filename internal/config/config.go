@@ -86,6 +86,20 @@ type Runtime struct {
 type Pool struct {
 	// Size is how many sandboxes the pool keeps booted; 0 turns it off.
 	Size int `toml:"size" json:"size"`
+	// TCGTBSizeMiB sizes the TCG translation cache of pooled sandboxes
+	// (0: QEMU's default). It is larger than the hypervisor's default
+	// because a pooled guest's restore, warm-up, and the container it is
+	// then given translate more than 32 MiB of code: at 32 the cache is
+	// flushed during the real create, which then translates again.
+	TCGTBSizeMiB int `toml:"tcg_tb_size_mib" json:"tcg_tb_size_mib"`
+}
+
+// ForPool returns the configuration a pooled sandbox boots with: c, with
+// the pool's TCG cache size.
+func (c *Config) ForPool() *Config {
+	pooled := *c
+	pooled.Hypervisor.TCGTBSizeMiB = c.Pool.TCGTBSizeMiB
+	return &pooled
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -136,6 +150,7 @@ func Default() *Config {
 		SharedFS: SharedFS{MSize: 512 << 10},
 		Network:  Network{Mode: NetworkTC},
 		Agent:    Agent{BootTimeout: Duration{30 * time.Second}},
+		Pool:     Pool{TCGTBSizeMiB: 48},
 	}
 }
 
@@ -201,8 +216,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("hypervisor.memory_mib = %d: want at least 64", h.MemoryMiB)
 	case h.Accel != "auto" && h.Accel != "kvm" && h.Accel != "tcg":
 		return fmt.Errorf("hypervisor.accel = %q: want auto, kvm or tcg", h.Accel)
-	case h.TCGTBSizeMiB < 0 || h.TCGTBSizeMiB > 2048:
-		return fmt.Errorf("hypervisor.tcg_tb_size_mib = %d: want 0 (QEMU's default) to 2048", h.TCGTBSizeMiB)
+	case h.TCGTBSizeMiB < 0 || h.TCGTBSizeMiB > maxTBSizeMiB:
+		return fmt.Errorf("hypervisor.tcg_tb_size_mib = %d: want 0 (QEMU's default) to %d", h.TCGTBSizeMiB, maxTBSizeMiB)
 	case h.Template && !filepath.IsAbs(h.TemplateDir):
 		return fmt.Errorf("hypervisor.template_dir = %q: want an absolute path", h.TemplateDir)
 	case c.SharedFS.MSize < 4096 || c.SharedFS.MSize > 16<<20:
@@ -211,6 +226,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent.boot_timeout = %s: must be positive", c.Agent.BootTimeout)
 	case c.Pool.Size < 0 || c.Pool.Size > maxPoolSize:
 		return fmt.Errorf("pool.size = %d: want 0 (off) to %d", c.Pool.Size, maxPoolSize)
+	case c.Pool.TCGTBSizeMiB < 0 || c.Pool.TCGTBSizeMiB > maxTBSizeMiB:
+		return fmt.Errorf("pool.tcg_tb_size_mib = %d: want 0 (QEMU's default) to %d", c.Pool.TCGTBSizeMiB, maxTBSizeMiB)
 	case c.Network.Mode != NetworkTC && c.Network.Mode != NetworkMacvtap && c.Network.Mode != NetworkNone:
 		return fmt.Errorf("network.mode = %q: want tc, macvtap or none", c.Network.Mode)
 	}
@@ -219,6 +236,9 @@ func (c *Config) Validate() error {
 
 // maxPoolSize bounds the warm pool: each pooled sandbox holds a booted VM.
 const maxPoolSize = 64
+
+// maxTBSizeMiB bounds a TCG translation cache's size.
+const maxTBSizeMiB = 2048
 
 // CheckAssets reports a missing QEMU binary, kernel or initrd.
 func (c *Config) CheckAssets() error {

@@ -57,12 +57,29 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		"[agent]\nboot_timeout = \"-1s\"\n":    "agent.boot_timeout",
 		"[hypervisor]\ntcg_tb_size_mib = -1\n": "hypervisor.tcg_tb_size_mib",
 		"[network]\nmode = \"bridge\"\n":       "network.mode",
+		"[pool]\ntcg_tb_size_mib = 4096\n":     "pool.tcg_tb_size_mib",
 		"not toml at all [":                    "configuration",
 	} {
 		_, err := Load(writeConfig(t, body), true)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want mention of %q", body, err, want)
 		}
+	}
+}
+
+// A pooled sandbox's configuration is the configured one with the pool's
+// TCG cache size; the configuration itself is left as it was.
+func TestForPool(t *testing.T) {
+	cfg, err := Load(writeConfig(t, "[hypervisor]\nvcpus = 2\ntcg_tb_size_mib = 24\n[pool]\nsize = 3\ntcg_tb_size_mib = 40\n"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled := cfg.ForPool()
+	if pooled.Hypervisor.TCGTBSizeMiB != 40 || pooled.Hypervisor.VCPUs != 2 || pooled.Pool.Size != 3 {
+		t.Errorf("pooled hypervisor %+v, pool %+v: want the pool's 40 MiB cache and the rest as configured", pooled.Hypervisor, pooled.Pool)
+	}
+	if cfg.Hypervisor.TCGTBSizeMiB != 24 {
+		t.Errorf("ForPool changed the configuration's own cache size to %d", cfg.Hypervisor.TCGTBSizeMiB)
 	}
 }
 

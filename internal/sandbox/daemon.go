@@ -148,6 +148,7 @@ func (d *Daemon) recordProcesses() error {
 // description, and serves until a create adopts it, then as RunDaemon
 // does. If its guest ends before, or it is shut down, it removes the slot.
 func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Config, log *slog.Logger) error {
+	cfg = cfg.ForPool()
 	d := &Daemon{
 		dir: dir, store: store,
 		stopped: make(chan struct{}),

@@ -187,7 +187,12 @@ func hostCPU() string {
 func templateFamily(opts VMOptions, accel qemu.Accel) (*qemu.Config, string, error) {
 	qcfg := vmConfig(withPlaceholderMACs(opts), accel, vmPaths{console: "/console", qmp: "/qmp", agent: "/agent", shared: "/shared"})
 	qcfg.Name = "template"
-	args, err := qcfg.Args()
+	// The TCG cache's size is the host's buffer, not the machine's: a
+	// guest saved with one size restores under another, so pooled and
+	// other sandboxes (whose sizes differ) share a template.
+	machine := *qcfg
+	machine.TBSizeMiB = 0
+	args, err := machine.Args()
 	if err != nil {
 		return nil, "", fmt.Errorf("qemu configuration: %w", err)
 	}

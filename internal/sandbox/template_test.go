@@ -103,7 +103,17 @@ func TestTemplateFingerprint(t *testing.T) {
 	if fp, err := fingerprintOf(opts, qemu.AccelKVM); err != nil || fp == base {
 		t.Errorf("the accelerator changed: fingerprint %q (%v), was %q", fp, err, base)
 	}
-
+	// The TCG cache is QEMU's on the host, not the guest's: a pooled
+	// sandbox, with a larger one, restores the others' template.
+	pooled := opts
+	pooled.Config = opts.Config.ForPool()
+	if pooled.Config.Hypervisor.TCGTBSizeMiB == opts.Config.Hypervisor.TCGTBSizeMiB {
+		t.Fatalf("the pool's TCG cache size %d is the hypervisor's: the test compares nothing", pooled.Config.Hypervisor.TCGTBSizeMiB)
+	}
+	plain, errPlain := fingerprintOf(opts, qemu.AccelTCG) // the initrd's time changed above
+	if fp, err := fingerprintOf(pooled, qemu.AccelTCG); err != nil || errPlain != nil || fp != plain {
+		t.Errorf("the TCG cache's size changed the fingerprint: %q (%v), was %q (%v)", fp, err, plain, errPlain)
+	}
 }
 
 // A new template removes the older ones of its family, and the least

@@ -6,12 +6,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/husk-runtime/husk/internal/config"
 )
 
 // poolSlot is one line of `husk pool status --format json`.
@@ -152,6 +155,21 @@ func TestWarmPool(t *testing.T) {
 	slotLog, err := os.ReadFile(filepath.Join(e.root, "state", "@pool", pooled.Slot, "daemon.log"))
 	if err != nil || !strings.Contains(string(slotLog), `msg="guest warmed up"`) {
 		t.Errorf("the pooled sandbox's log does not show the warm-up (err %v):\n%s", err, slotLog)
+	}
+	// Under TCG its QEMU has the pool's translation cache, larger than
+	// other sandboxes' so that the real create does not flush it.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pooled.QEMU))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(string(cmdline), "\x00")
+	if i := slices.Index(args, "-accel"); i >= 0 && i+1 < len(args) && strings.HasPrefix(args[i+1], "tcg") {
+		want := fmt.Sprintf("tb-size=%d", config.Default().Pool.TCGTBSizeMiB)
+		if !strings.Contains(args[i+1], want) {
+			t.Errorf("the pooled QEMU's accelerator is %q, want %s", args[i+1], want)
+		}
+	} else {
+		t.Logf("the pooled QEMU does not run under TCG (%q): no translation cache to check", args)
 	}
 
 	// husk run takes the pooled sandbox.
