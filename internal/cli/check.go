@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -16,6 +17,27 @@ import (
 func cgroupV2() bool {
 	var st unix.Statfs_t
 	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// ksmRunFile is where the host kernel says whether KSM merges pages.
+const ksmRunFile = "/sys/kernel/mm/ksm/run"
+
+// ksmState reads the KSM run file at path: whether KSM merges pages, and
+// what that means for sandboxes. QEMU marks every guest's RAM mergeable;
+// whether the kernel merges it is the host's policy, which husk reports
+// but does not change.
+func ksmState(path string) (on bool, detail string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, "the host kernel has no KSM (" + path + "): sandboxes share no guest pages beyond their template's"
+	}
+	switch strings.TrimSpace(string(data)) {
+	case "1":
+		return true, "on: identical pages that guests wrote are shared between sandboxes"
+	default:
+		return false, "off: with `echo 1 > " + path + "` identical pages that guests wrote are shared between sandboxes " +
+			"(less memory per sandbox, some CPU for ksmd; see the README on what sharing pages exposes)"
+	}
 }
 
 func newCheckCommand(g *globals) *cobra.Command {
@@ -86,6 +108,11 @@ func newCheckCommand(g *globals) *cobra.Command {
 				report(true, "cgroups", "v2 (unified) on the host; containers' cgroups live in the guest")
 			} else {
 				report(true, "cgroups", "v1 on the host; containers' cgroups live in the guest (v2)")
+			}
+			if on, detail := ksmState(ksmRunFile); on {
+				report(true, "ksm", detail)
+			} else {
+				warn("ksm", detail)
 			}
 			if failed > 0 {
 				return fmt.Errorf("%d check(s) failed", failed)

@@ -90,6 +90,14 @@ func TestCheckOnThisHost(t *testing.T) {
 	if warned := strings.Contains(r.stdout, "warn hardware virt"); warned == hardware {
 		t.Errorf("KVM usable: %v, but check warns of TCG: %v\n%s", hardware, warned, r.stdout)
 	}
+	// KSM is reported as the host has it, never changed.
+	ksmLine := "warn ksm "
+	if run, err := os.ReadFile("/sys/kernel/mm/ksm/run"); err == nil && strings.TrimSpace(string(run)) == "1" {
+		ksmLine = "ok   ksm "
+	}
+	if !strings.Contains(r.stdout, ksmLine) {
+		t.Errorf("check has no %q line for this host's KSM:\n%s", ksmLine, r.stdout)
+	}
 	noKernel := filepath.Join(t.TempDir(), "no-kernel.toml")
 	if err := os.WriteFile(noKernel, []byte("[hypervisor]\nkernel = \"/nonexistent/vmlinux\"\n"), 0o644); err != nil {
 		t.Fatal(err)
