@@ -217,37 +217,50 @@ def total_pss(ids):
         st = json.load(open(os.path.join(root, cid, "state.json")))
         total += sum(pss(st[p]["pid"]) for p in ("stand_in", "daemon", "qemu"))
     return total
+ksm = "/sys/kernel/mm/ksm/"
+def ksm_get(f):
+    return open(ksm + f).read().strip()
+def ksm_put(f, v):
+    with open(ksm + f, "w") as w:
+        w.write(v)
 def ksm_density(ids):
     # The same sandboxes with the host's KSM merging (QEMU marks guest RAM
     # mergeable): if KSM is off, it is turned on for this measure only, at
-    # a faster scan rate, and everything it merged is unmerged after.
-    ksm = "/sys/kernel/mm/ksm/"
+    # a faster scan rate, and set back as it was after; the pages it merged
+    # are the sandboxes', which go with them.
     if not os.path.exists(ksm + "run") or os.environ.get("BENCH_KSM") == "0":
         print("KSM: not measured (the host kernel has none, or BENCH_KSM=0)")
         return
-    get = lambda f: open(ksm + f).read().strip()
-    def put(f, v):
-        with open(ksm + f, "w") as w:
-            w.write(v)
-    was_run, was_scan = get("run"), get("pages_to_scan")
+    was_run, was_scan = ksm_get("run"), ksm_get("pages_to_scan")
     try:
         if was_run != "1":
-            put("pages_to_scan", "1000")
-            put("run", "1")
-        first, t0 = int(get("full_scans")), time.monotonic()
-        while int(get("full_scans")) < first + 3 and time.monotonic() - t0 < 300:
+            ksm_put("pages_to_scan", "1000")
+            ksm_put("run", "1")
+        first, t0 = int(ksm_get("full_scans")), time.monotonic()
+        while int(ksm_get("full_scans")) < first + 3 and time.monotonic() - t0 < 300:
             time.sleep(1)
         answered = sum(subprocess.run(cmd + ["exec", cid, "true"]).returncode == 0 for cid in ids)
         total = total_pss(ids)
-        sharing = int(get("pages_sharing")) * 4 / 1024
-        print(f"with KSM on ({int(get('full_scans')) - first} full scans in {time.monotonic() - t0:.0f} s; was {'on' if was_run == '1' else 'off'}): "
+        # pages_sharing is the host's, not only the sandboxes'.
+        sharing = int(ksm_get("pages_sharing")) * 4 / 1024
+        print(f"with KSM on ({int(ksm_get('full_scans')) - first} full scans in {time.monotonic() - t0:.0f} s at "
+              f"{ksm_get('pages_to_scan')} pages per {ksm_get('sleep_millisecs')} ms; KSM was {'on' if was_run == '1' else 'off'}): "
               f"{answered} of {len(ids)} answered exec true; total PSS {total/1024:.0f} MiB, {total/1024/len(ids):.0f} MiB per sandbox; "
-              f"{sharing:.0f} MiB of pages shared")
+              f"{sharing:.0f} MiB of pages shared on the host")
     finally:
         if was_run != "1":
-            put("run", "2")  # unmerge what this measure merged
-            put("run", was_run)
-            put("pages_to_scan", was_scan)
+            # Each separately: one failing must not keep the others.
+            for f, v in (("pages_to_scan", was_scan), ("run", was_run)):
+                try:
+                    ksm_put(f, v)
+                except OSError as err:
+                    print(f"KSM: could not set {f} back to {v}: {err}", file=sys.stderr)
+# A bench stopped by a signal still sets KSM back and removes its sandboxes.
+import signal
+def stopped(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+for s in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, stopped)
 ids, starts = [], []
 try:
     for i in range(n):
@@ -262,7 +275,8 @@ try:
     total = total_pss(ids)
     ms = [s * 1000 for s in starts]
     print(f"{n} sandboxes: start each: median {statistics.median(ms):.0f} ms, first {ms[0]:.0f} ms, last {ms[-1]:.0f} ms, max {max(ms):.0f} ms")
-    print(f"{answered} of {n} answered exec true; total PSS {total/1024:.0f} MiB, {total/1024/n:.0f} MiB per sandbox")
+    ksm_note = " (with the host's KSM on)" if os.path.exists(ksm + "run") and ksm_get("run") == "1" else ""
+    print(f"{answered} of {n} answered exec true; total PSS {total/1024:.0f} MiB, {total/1024/n:.0f} MiB per sandbox{ksm_note}")
     ksm_density(ids)
     with open(os.path.join(os.path.dirname(bundle), "density-starts.txt"), "w") as f:
         f.write("\n".join(f"{x:.0f}" for x in ms) + "\n")

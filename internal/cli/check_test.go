@@ -9,17 +9,19 @@ import (
 
 func TestKSMState(t *testing.T) {
 	dir := t.TempDir()
-	for content, wantOn := range map[string]bool{"1\n": true, "0\n": false, "2\n": false} {
+	for content, want := range map[string]string{"1\n": "on:", "0\n": "off:", "2\n": "off:"} {
 		path := filepath.Join(dir, "run")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		on, detail := ksmState(path)
-		if on != wantOn || !strings.HasPrefix(detail, map[bool]string{true: "on:", false: "off:"}[wantOn]) {
-			t.Errorf("run file %q: on %v, %q", content, on, detail)
+		if got := ksmState(path); !strings.HasPrefix(got, want) {
+			t.Errorf("run file %q: %q, want it to start with %q", content, got, want)
 		}
 	}
-	if on, detail := ksmState(filepath.Join(dir, "missing")); on || !strings.Contains(detail, "no KSM") {
-		t.Errorf("no run file: on %v, %q", on, detail)
+	if got := ksmState(filepath.Join(dir, "missing")); !strings.HasPrefix(got, "none") {
+		t.Errorf("no run file: %q", got)
+	}
+	if got := ksmState(dir); !strings.HasPrefix(got, "unknown") {
+		t.Errorf("an unreadable run file (a directory): %q", got)
 	}
 }

@@ -87,18 +87,22 @@ type Pool struct {
 	// Size is how many sandboxes the pool keeps booted; 0 turns it off.
 	Size int `toml:"size" json:"size"`
 	// TCGTBSizeMiB sizes the TCG translation cache of pooled sandboxes
-	// (0: QEMU's default). It is larger than the hypervisor's default
-	// because a pooled guest's restore, warm-up, and the container it is
-	// then given translate more than 32 MiB of code: at 32 the cache is
-	// flushed during the real create, which then translates again.
+	// (0: QEMU's default) where it is larger than the hypervisor's. A
+	// pooled guest's restore, warm-up, and the container it is then given
+	// translate more than 32 MiB of code: at 32 the cache is flushed during
+	// the real create, which then translates again.
 	TCGTBSizeMiB int `toml:"tcg_tb_size_mib" json:"tcg_tb_size_mib"`
 }
 
 // ForPool returns the configuration a pooled sandbox boots with: c, with
-// the pool's TCG cache size.
+// the larger of the pool's and the hypervisor's TCG cache sizes (0, QEMU's
+// default, being the largest). A pool is for latency: it never gets a
+// smaller cache than other sandboxes.
 func (c *Config) ForPool() *Config {
 	pooled := *c
-	pooled.Hypervisor.TCGTBSizeMiB = c.Pool.TCGTBSizeMiB
+	if hyp, pool := c.Hypervisor.TCGTBSizeMiB, c.Pool.TCGTBSizeMiB; hyp != 0 && (pool == 0 || pool > hyp) {
+		pooled.Hypervisor.TCGTBSizeMiB = pool
+	}
 	return &pooled
 }
 

@@ -81,6 +81,14 @@ func TestForPool(t *testing.T) {
 	if cfg.Hypervisor.TCGTBSizeMiB != 24 {
 		t.Errorf("ForPool changed the configuration's own cache size to %d", cfg.Hypervisor.TCGTBSizeMiB)
 	}
+	// The pool never gets a smaller cache than other sandboxes; 0 is
+	// QEMU's default, larger than any.
+	for _, c := range []struct{ hyp, pool, want int }{{64, 48, 64}, {0, 48, 0}, {32, 0, 0}, {32, 48, 48}} {
+		cfg.Hypervisor.TCGTBSizeMiB, cfg.Pool.TCGTBSizeMiB = c.hyp, c.pool
+		if got := cfg.ForPool().Hypervisor.TCGTBSizeMiB; got != c.want {
+			t.Errorf("hypervisor %d, pool %d: the pooled sandbox's cache is %d, want %d", c.hyp, c.pool, got, c.want)
+		}
+	}
 }
 
 func TestMissingFile(t *testing.T) {

@@ -91,9 +91,11 @@ func TestCheckOnThisHost(t *testing.T) {
 		t.Errorf("KVM usable: %v, but check warns of TCG: %v\n%s", hardware, warned, r.stdout)
 	}
 	// KSM is reported as the host has it, never changed.
-	ksmLine := "warn ksm "
-	if run, err := os.ReadFile("/sys/kernel/mm/ksm/run"); err == nil && strings.TrimSpace(string(run)) == "1" {
-		ksmLine = "ok   ksm "
+	ksmLine := "ok   ksm            off:"
+	if run, err := os.ReadFile("/sys/kernel/mm/ksm/run"); err != nil {
+		ksmLine = "ok   ksm            none"
+	} else if strings.TrimSpace(string(run)) == "1" {
+		ksmLine = "ok   ksm            on:"
 	}
 	if !strings.Contains(r.stdout, ksmLine) {
 		t.Errorf("check has no %q line for this host's KSM:\n%s", ksmLine, r.stdout)
