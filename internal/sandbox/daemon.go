@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -174,7 +173,6 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 		d.log.Error(what, "err", err)
 		keepLog(DaemonLog, KeptPoolDaemonLog(filepath.Base(dir)))
 		keepConsoleLog(".", opts.ID)
-		pruneKeptPoolLogs()
 		d.cleanup()
 		return err
 	}
@@ -217,30 +215,6 @@ func PooledID(slot string) string { return "pool-" + slot }
 // keeps its daemon's log.
 func KeptPoolDaemonLog(slot string) string {
 	return filepath.Join(KeptLogDir, PooledID(slot)+"."+DaemonLog)
-}
-
-// keptPoolLogs is how many logs of failed pooled sandboxes KeptLogDir
-// keeps: with a guest that always fails, every create's refill of the pool
-// would otherwise add two files for ever.
-const keptPoolLogs = 16
-
-// pruneKeptPoolLogs removes the oldest kept logs of pooled sandboxes
-// beyond keptPoolLogs.
-func pruneKeptPoolLogs() {
-	paths, _ := filepath.Glob(filepath.Join(KeptLogDir, PooledID(pool.SlotPrefix)+"*.log"))
-	if len(paths) <= keptPoolLogs {
-		return
-	}
-	modified := map[string]time.Time{}
-	for _, p := range paths {
-		if fi, err := os.Stat(p); err == nil {
-			modified[p] = fi.ModTime()
-		}
-	}
-	sort.Slice(paths, func(i, j int) bool { return modified[paths[i]].After(modified[paths[j]]) })
-	for _, p := range paths[keptPoolLogs:] {
-		os.Remove(p)
-	}
 }
 
 // unadoptedGrace is how long a pooled sandbox waits, once a create has

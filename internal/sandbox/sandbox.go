@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/network"
 	"github.com/husk-runtime/husk/internal/oci"
+	"github.com/husk-runtime/husk/internal/pool"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -828,7 +831,48 @@ func keepLog(path, kept string) string {
 	if err := os.WriteFile(kept, data, 0o644); err != nil {
 		return ""
 	}
+	pruneKeptLogs(KeptLogDir)
 	return kept
+}
+
+// How many kept logs dir holds, the newest: a guest that always fails
+// would otherwise add files with every create, and a failing warm pool
+// with every refill (its own, smaller share, so that it cannot push out
+// the logs of other sandboxes).
+const (
+	keptPoolLogs = 16
+	keptLogs     = 64
+)
+
+// pruneKeptLogs removes the oldest kept logs in dir beyond those bounds.
+func pruneKeptLogs(dir string) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	var pooled, others []string
+	for _, p := range paths {
+		if strings.HasPrefix(filepath.Base(p), PooledID(pool.SlotPrefix)) {
+			pooled = append(pooled, p)
+		} else {
+			others = append(others, p)
+		}
+	}
+	removeAllButNewest(pooled, keptPoolLogs)
+	removeAllButNewest(others, keptLogs)
+}
+
+func removeAllButNewest(paths []string, keep int) {
+	if len(paths) <= keep {
+		return
+	}
+	modified := map[string]time.Time{}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			modified[p] = fi.ModTime()
+		}
+	}
+	sort.Slice(paths, func(i, j int) bool { return modified[paths[i]].After(modified[paths[j]]) })
+	for _, p := range paths[keep:] {
+		os.Remove(p)
+	}
 }
 
 func closeAll(files []io.Closer) {
