@@ -199,7 +199,7 @@ pod_down "$pod"
 echo "== density: 50 idle sandboxes started one after another (husk run -d, busybox sleep)"
 density=${BENCH_DENSITY:-50}
 python3 - "$top/build/husk" "$out/bundle-sleep" "$density" <<'PY' | tee "$out/density.txt"
-import json, os, statistics, subprocess, sys, time
+import json, os, signal, statistics, subprocess, sys, time
 husk, bundle, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 root = "/run/husk-bench-density"
 cmd = [husk, "--root", root]
@@ -256,7 +256,6 @@ def ksm_density(ids):
                 except OSError as err:
                     print(f"KSM: could not set {f} back to {v}: {err}", file=sys.stderr)
 # A bench stopped by a signal still sets KSM back and removes its sandboxes.
-import signal
 def stopped(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 for s in (signal.SIGTERM, signal.SIGHUP):

@@ -67,8 +67,9 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 	}
 }
 
-// A pooled sandbox's configuration is the configured one with the pool's
-// TCG cache size; the configuration itself is left as it was.
+// A pooled sandbox's configuration is the configured one with the larger
+// of the pool's and the hypervisor's TCG cache sizes; the configuration
+// itself is left as it was.
 func TestForPool(t *testing.T) {
 	cfg, err := Load(writeConfig(t, "[hypervisor]\nvcpus = 2\ntcg_tb_size_mib = 24\n[pool]\nsize = 3\ntcg_tb_size_mib = 40\n"), true)
 	if err != nil {

@@ -164,7 +164,7 @@ func TestWarmPool(t *testing.T) {
 	}
 	args := strings.Split(string(cmdline), "\x00")
 	if i := slices.Index(args, "-accel"); i >= 0 && i+1 < len(args) && strings.HasPrefix(args[i+1], "tcg") {
-		want := fmt.Sprintf("tb-size=%d", config.Default().Pool.TCGTBSizeMiB)
+		want := fmt.Sprintf("tb-size=%d", config.Default().ForPool().Hypervisor.TCGTBSizeMiB)
 		if !strings.Contains(args[i+1], want) {
 			t.Errorf("the pooled QEMU's accelerator is %q, want %s", args[i+1], want)
 		}
