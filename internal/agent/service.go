@@ -93,6 +93,22 @@ func (s *Service) reserve(id string) (release func(), err error) {
 	}, nil
 }
 
+// initProcess converts a container's OCI process to libcontainer's form as
+// its init: libcontainer's init reports its warnings and errors back, and
+// with debug each step of its setup.
+func (s *Service) initProcess(p *specs.Process) (*libcontainer.Process, error) {
+	proc, err := libcontainerProcess(p)
+	if err != nil {
+		return nil, err
+	}
+	proc.Init = true
+	proc.LogLevel = "4"
+	if s.debug {
+		proc.LogLevel = "5"
+	}
+	return proc, nil
+}
+
 func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (_ *agentapi.CreateContainerResponse, retErr error) {
 	id := req.GetContainerId()
 	var spec specs.Spec
@@ -113,14 +129,9 @@ func (s *Service) CreateContainer(ctx context.Context, req *agentapi.CreateConta
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	proc, err := libcontainerProcess(spec.Process)
+	proc, err := s.initProcess(spec.Process)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	proc.Init = true
-	proc.LogLevel = "4" // libcontainer's init reports warnings and errors back
-	if s.debug {
-		proc.LogLevel = "5" // and each step of its setup
 	}
 
 	lc, err := libcontainer.Create(stateDir, id, cfg)

@@ -54,12 +54,10 @@ func (s *Service) WarmUp(ctx context.Context, _ *agentapi.Empty) (_ *agentapi.Em
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "warm-up: %v", err)
 	}
-	proc, err := libcontainerProcess(spec.Process)
+	proc, err := s.initProcess(spec.Process)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "warm-up: %v", err)
 	}
-	proc.Init = true
-	proc.LogLevel = "4"
 	lc, err := libcontainer.Create(stateDir, warmUpID, cfg)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "warm-up: creating the container: %v", err)
