@@ -24,9 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
 
-# crictl, the CRI's client, is not packaged in Debian 12: built from its Go module.
-if ! command -v crictl >/dev/null; then
-  echo "install-deps: installing crictl" >&2
-  GOBIN=/usr/local/bin go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0 ||
-    GOBIN=/usr/local/bin go install sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0
+# crictl, the CRI's client, is not packaged in Debian 12: built from the
+# version pinned in tools/go.mod, unless that version is installed.
+top=$(cd "$(dirname "$0")/.." && pwd)
+crictl_version=$(cd "$top/tools" && go list -m -f '{{.Version}}' sigs.k8s.io/cri-tools)
+if [ "$(crictl --version 2>/dev/null)" != "crictl version $crictl_version" ]; then
+  echo "install-deps: installing crictl $crictl_version" >&2
+  (cd "$top/tools" && go build -trimpath -o /usr/local/bin/crictl \
+    -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" sigs.k8s.io/cri-tools/cmd/crictl)
 fi

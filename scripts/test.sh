@@ -3,16 +3,13 @@
 # that boot real guests under QEMU. Run as root after `make all` (make test does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=$PATH:$(go env GOPATH)/bin
 
 echo "== static checks"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt: not formatted: $unformatted" >&2; exit 1; fi
 go vet ./...
-if ! command -v staticcheck >/dev/null; then
-  go install honnef.co/go/tools/cmd/staticcheck@2026.2.2 >/dev/null 2>&1 || true
-fi
-if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck: not available, skipped" >&2; fi
+# Pinned in go.mod as a tool: always there, at the version the code was checked with.
+go tool staticcheck ./...
 
 echo "== fuzz targets, briefly (make fuzz runs them longer)"
 FUZZTIME=${FUZZTIME:-10s} ./scripts/fuzz.sh
@@ -27,3 +24,4 @@ echo "== unit and end-to-end tests"
 # test that would skip for want of it fails instead.
 export HUSK_TEST_REQUIRE_ALL=${HUSK_TEST_REQUIRE_ALL:-1}
 go test -count=1 -p 1 -timeout 30m ./... "$@"
+
