@@ -77,6 +77,12 @@ type service struct {
 	holder   state.Process
 	tasks    map[string]*taskRecord
 	creating map[string]bool
+	// deleting counts the Deletes under way. containerd asks every task's
+	// connection for a Shutdown after its Delete: one that comes while
+	// another task's Delete is under way must not end the shim before that
+	// Delete has answered (a pod whose VM died has all its tasks deleted
+	// at once).
+	deleting int
 }
 
 // taskRecord is what the shim keeps of one container.
@@ -217,7 +223,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "%v", err)
 	}
-	sb, err := s.ensureSandbox(role.sandboxID, netns, forNew, holder, resources)
+	sb, err := s.ensureSandbox(ctx, role.sandboxID, netns, forNew, holder, resources)
 	if err != nil {
 		oci.StopNetNSHolder(holder)
 		return nil, errdefs.ToGRPC(err)
@@ -279,8 +285,9 @@ func unmountRootfs(t *taskRecord) {
 }
 
 // ensureSandbox boots the sandbox's VM, joined to the network namespace
-// netns and sized for resources, unless it runs.
-func (s *service) ensureSandbox(sandboxID, netns string, netnsForNew bool, holder state.Process, resources *specs.LinuxResources) (*sandbox.Sandbox, error) {
+// netns and sized for resources, unless it runs. ctx, containerd's
+// request, bounds the wait for the guest's turn to start.
+func (s *service) ensureSandbox(ctx context.Context, sandboxID, netns string, netnsForNew bool, holder state.Process, resources *specs.LinuxResources) (*sandbox.Sandbox, error) {
 	s.bootMu.Lock()
 	defer s.bootMu.Unlock()
 	s.mu.Lock()
@@ -307,7 +314,8 @@ func (s *service) ensureSandbox(sandboxID, netns string, netnsForNew bool, holde
 		return nil, err
 	}
 	sb, err = sandbox.Boot(sandbox.Options{ID: sandboxID, Dir: dir, Config: cfg,
-		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns, NetNSForNew: netnsForNew, Resources: resources})
+		Log: s.log.With("sandbox", sandboxID), OnExit: s.exited, NetNS: netns, NetNSForNew: netnsForNew, Resources: resources,
+		Context: ctx})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -584,6 +592,14 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 
 // Delete removes an exited (or never started) container, or an exec.
 func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	s.mu.Lock()
+	s.deleting++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.deleting--
+		s.mu.Unlock()
+	}()
 	sb, t, err := s.sandboxFor(r.ID)
 	if err != nil {
 		return nil, err
@@ -852,7 +868,7 @@ func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*task
 // powers the VM off and removes its state and the shim's socket.
 func (s *service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	busy := len(s.tasks) > 0 || len(s.creating) > 0
+	busy := len(s.tasks) > 0 || len(s.creating) > 0 || s.deleting > 0
 	s.mu.Unlock()
 	if !busy {
 		s.shutdown.Shutdown()
