@@ -124,26 +124,42 @@ func startDaemon(g *globals, id string, bootTimeout time.Duration) (*daemonHandl
 		close(h.exited)
 	}()
 
-	msg := make(chan string, 1)
+	msg := make(chan string, 2)
 	go func() {
-		line, _ := bufio.NewReader(readR).ReadString('\n')
-		msg <- strings.TrimSpace(line)
+		r := bufio.NewReader(readR)
+		for {
+			line, err := r.ReadString('\n')
+			msg <- strings.TrimSpace(line)
+			if err != nil || strings.TrimSpace(line) != sandbox.TurnReport {
+				return
+			}
+		}
 	}()
-	// The daemon enforces the boot timeout itself; this margin only guards
-	// against a daemon that hangs outright.
-	select {
-	case m := <-msg:
-		if m == "ok" {
-			return h, nil
+	// The daemon enforces the boot timeout itself, from its turn to start
+	// the guest; before it, it queues behind the host's other starts for as
+	// long as they take (an end of this command ends the daemon too). The
+	// guard, from the turn on, only catches a daemon that hangs outright.
+	limit := bootTimeout + 15*time.Second
+	var guard <-chan time.Time
+	for {
+		select {
+		case m := <-msg:
+			switch m {
+			case sandbox.TurnReport:
+				guard = time.After(limit)
+				continue
+			case "ok":
+				return h, nil
+			}
+			h.kill()
+			if m == "" {
+				m = "the sandbox daemon exited: " + lastLines(filepath.Join(dir, sandbox.DaemonLog), 5)
+			}
+			return nil, errors.New(m)
+		case <-guard:
+			h.kill()
+			return nil, fmt.Errorf("the sandbox daemon did not report within %s of its turn to start the guest", limit)
 		}
-		h.kill()
-		if m == "" {
-			m = "the sandbox daemon exited: " + lastLines(filepath.Join(dir, sandbox.DaemonLog), 5)
-		}
-		return nil, errors.New(m)
-	case <-time.After(bootTimeout + 15*time.Second):
-		h.kill()
-		return nil, fmt.Errorf("the sandbox daemon did not report within %s", bootTimeout+15*time.Second)
 	}
 }
 

@@ -79,6 +79,10 @@ const (
 type Runtime struct {
 	Debug        bool `toml:"debug" json:"debug"`
 	DebugConsole bool `toml:"debug_console" json:"debug_console"`
+	// ConcurrentStarts is how many guests may start at once on the host
+	// (boot or restore, and create their first container); others queue.
+	// 0: one per host core.
+	ConcurrentStarts int `toml:"concurrent_starts" json:"concurrent_starts"`
 }
 
 // Pool configures the warm pool: booted, empty sandboxes kept ready for
@@ -232,6 +236,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("pool.size = %d: want 0 (off) to %d", c.Pool.Size, maxPoolSize)
 	case c.Pool.TCGTBSizeMiB < 0 || c.Pool.TCGTBSizeMiB > maxTBSizeMiB:
 		return fmt.Errorf("pool.tcg_tb_size_mib = %d: want 0 (QEMU's default) to %d", c.Pool.TCGTBSizeMiB, maxTBSizeMiB)
+	case c.Runtime.ConcurrentStarts < 0 || c.Runtime.ConcurrentStarts > maxConcurrentStarts:
+		return fmt.Errorf("runtime.concurrent_starts = %d: want 0 (one per host core) to %d", c.Runtime.ConcurrentStarts, maxConcurrentStarts)
 	case c.Network.Mode != NetworkTC && c.Network.Mode != NetworkMacvtap && c.Network.Mode != NetworkNone:
 		return fmt.Errorf("network.mode = %q: want tc, macvtap or none", c.Network.Mode)
 	}
@@ -240,6 +246,9 @@ func (c *Config) Validate() error {
 
 // maxPoolSize bounds the warm pool: each pooled sandbox holds a booted VM.
 const maxPoolSize = 64
+
+// maxConcurrentStarts bounds runtime.concurrent_starts.
+const maxConcurrentStarts = 1024
 
 // maxTBSizeMiB bounds a TCG translation cache's size.
 const maxTBSizeMiB = 2048

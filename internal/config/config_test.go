@@ -58,6 +58,7 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		"[hypervisor]\ntcg_tb_size_mib = -1\n": "hypervisor.tcg_tb_size_mib",
 		"[network]\nmode = \"bridge\"\n":       "network.mode",
 		"[pool]\ntcg_tb_size_mib = 4096\n":     "pool.tcg_tb_size_mib",
+		"[runtime]\nconcurrent_starts = -1\n":  "runtime.concurrent_starts",
 		"not toml at all [":                    "configuration",
 	} {
 		_, err := Load(writeConfig(t, body), true)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,7 +14,9 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
+	"github.com/husk-runtime/husk/internal/admission"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/oci"
@@ -59,17 +60,27 @@ func (d *Daemon) releaseWhenIdle() {
 	d.idle = time.AfterFunc(idleAfter, debug.FreeOSMemory)
 }
 
-// RunDaemon is the daemon's main. It boots the VM, reports on ready (one
-// line: "ok" or the error), then serves until the sandbox is shut down.
+// RunDaemon is the daemon's main. It boots the VM, reports on ready (a line
+// TurnReport when its turn to start the guest came, then one line: "ok" or
+// the error), then serves until the sandbox is shut down.
 // Its log lines carry the sandbox's id, and the container's where they
 // are about one.
-func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteCloser, log *slog.Logger) error {
+func RunDaemon(store state.Store, id string, cfg *config.Config, ready *os.File, log *slog.Logger) error {
 	d := &Daemon{
 		id: id, dir: store.Dir(id), store: store,
 		stopped: make(chan struct{}),
 		log:     log.With("sandbox", id),
 	}
-	err := d.boot(cfg, d.bootOptions(cfg))
+	opts := d.bootOptions(cfg)
+	// The creator bounds the boot from here: the wait for the turn depends
+	// on the other sandboxes starting on the host.
+	opts.OnTurn = func(*admission.Turn) { fmt.Fprintln(ready, TurnReport) }
+	// A creator that is gone (its own caller's deadline passed) takes this
+	// daemon out of the queue at once.
+	ctx, creatorGone := whileReaderLives(ready)
+	opts.Context = ctx
+	err := d.boot(cfg, opts)
+	creatorGone()
 	if err != nil {
 		fmt.Fprintf(ready, "%v\n", err)
 		ready.Close()
@@ -90,6 +101,36 @@ func RunDaemon(store state.Store, id string, cfg *config.Config, ready io.WriteC
 	<-d.stopped
 	return nil
 }
+
+// whileReaderLives returns a context that ends when the pipe's reading end
+// is closed, until stop is called.
+func whileReaderLives(pipe *os.File) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	raw, err := pipe.SyscallConn()
+	if err != nil {
+		return ctx, cancel
+	}
+	go func() {
+		for ctx.Err() == nil {
+			// A pipe's writing end polls POLLERR once no reader is left.
+			var revents int16
+			_ = raw.Control(func(fd uintptr) {
+				fds := []unix.PollFd{{Fd: int32(fd)}}
+				if n, _ := unix.Poll(fds, 100); n > 0 {
+					revents = fds[0].Revents
+				}
+			})
+			if revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+				cancel()
+			}
+		}
+	}()
+	return ctx, cancel
+}
+
+// TurnReport is the line a daemon writes to its creator when its turn to
+// start the guest came (see internal/admission).
+const TurnReport = "turn"
 
 // bootOptions says what sandbox to boot for the container: the VM gets its
 // network devices and its size at boot, from the bundle that create named.
@@ -181,7 +222,9 @@ func RunPoolDaemon(store state.Store, dir, fingerprint string, cfg *config.Confi
 	}
 	// A guest that cannot make the warm-up container would fail a real
 	// one as well: such a sandbox is ended rather than offered.
-	if err := d.sb.WarmUp(cfg.Agent.BootTimeout.Duration); err != nil {
+	err := d.sb.WarmUp(cfg.Agent.BootTimeout.Duration)
+	d.sb.FinishStart()
+	if err != nil {
 		return fail("warming up the pooled sandbox", err)
 	}
 	d.releaseWhenIdle()

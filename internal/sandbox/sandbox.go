@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/admission"
 	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
@@ -129,6 +130,12 @@ type Options struct {
 	NetNSForNew bool
 	// Resources are the first container's: the VM is sized to them.
 	Resources *specs.LinuxResources
+	// Context bounds the wait for the guest's turn to start: the request
+	// that asked for the sandbox. The sandbox's life is never bound to it.
+	Context context.Context
+	// OnTurn, when set, is called when the guest's turn to start comes
+	// (see internal/admission).
+	OnTurn func(*admission.Turn)
 }
 
 // Boot starts the sandbox's VM and waits for its agent. The process's
@@ -140,7 +147,7 @@ func Boot(opts Options) (*Sandbox, error) {
 	}
 	s := &Sandbox{dir: opts.Dir, log: opts.Log, onExit: opts.OnExit,
 		containers: map[string]*containerRecord{}, netns: opts.NetNS, netnsForNew: opts.NetNSForNew}
-	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config, Log: s.log}
+	vmOpts := VMOptions{ID: opts.ID, Dir: opts.Dir, Config: opts.Config, Log: s.log, Context: opts.Context, OnTurn: opts.OnTurn}
 	vmOpts.CPUs, vmOpts.MemoryMiB = VMSize(opts.Config, opts.Resources)
 	if opts.Config.Runtime.DebugConsole {
 		image, err := writeDebugInitrd(opts.Dir, opts.Config.Hypervisor.Initrd)
@@ -184,14 +191,27 @@ func Boot(opts Options) (*Sandbox, error) {
 	s.vm = vm
 	if err := s.configureNetwork(); err != nil {
 		vm.Kill()
+		endTurn(s.log, vm.turn)
 		s.network.Detach()
 		return nil, err
 	}
+	// A first container that never comes must not hold the host's starts.
+	time.AfterFunc(startTurnLimit, s.FinishStart)
 	s.log.Info("guest ready", "accel", vm.Accel, "vcpus", vmOpts.CPUs, "memory_mib", vmOpts.MemoryMiB, "boot", vm.Ready.Sub(vm.Started).String(), "restored", vm.Restored,
 		"guest_ready_ns", vm.Guest.GetReadyNs(), "kernel", vm.Guest.GetKernelRelease())
 	go s.watchVM()
 	return s, nil
 }
+
+// startTurnLimit bounds how long a started sandbox keeps its turn waiting
+// for its first container.
+const startTurnLimit = 10 * time.Second
+
+// FinishStart ends the sandbox's turn to start (see internal/admission),
+// letting the next guest on the host start: once its first container is
+// created, once a pooled sandbox is warmed up, or startTurnLimit after its
+// guest was ready.
+func (s *Sandbox) FinishStart() { endTurn(s.log, s.vm.turn) }
 
 // configureNetwork gives the guest the joined namespace's interfaces and
 // routes.
@@ -398,6 +418,7 @@ func (s *Sandbox) WarmUp(timeout time.Duration) error {
 // the new one joins (a pod's containers join its sandbox container's). On
 // success the sandbox owns stdio; on error the caller still does.
 func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[specs.LinuxNamespaceType]string) (guestPID int, retErr error) {
+	defer s.FinishStart()
 	guestNamespaces, err := s.guestNamespaces(join)
 	if err != nil {
 		return 0, err
@@ -798,6 +819,7 @@ func (s *Sandbox) Running() []string {
 // front door's mount namespace anyway; they are undone here so that the
 // state directory can be removed.
 func (s *Sandbox) Stop() {
+	s.FinishStart()
 	s.vm.Stop(stopTimeout)
 	s.mu.Lock()
 	records := s.containers

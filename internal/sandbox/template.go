@@ -240,8 +240,14 @@ func EnsureTemplate(opts VMOptions, accel qemu.Accel) (*Template, error) {
 		return nil, fmt.Errorf("making the template failed %s ago: %s", time.Since(fi.ModTime()).Round(time.Second), strings.TrimSpace(string(why)))
 	}
 	log := opts.logger()
+	turn, err := startTurn(opts)
+	if err != nil {
+		return nil, err
+	}
 	began := time.Now()
-	if err := makeTemplate(opts, accel, t, family); err != nil {
+	err = makeTemplate(opts, accel, t, family)
+	endTurn(log, turn)
+	if err != nil {
 		_ = os.WriteFile(failed, []byte(err.Error()+"\n"), 0o600)
 		return nil, fmt.Errorf("making the template: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
+	"github.com/husk-runtime/husk/internal/admission"
 	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/qemu"
@@ -66,6 +67,9 @@ type VM struct {
 	Guest          *agentapi.PingResponse
 	// Restored says that the guest was restored from a template, not booted.
 	Restored bool
+	// turn is the guest's turn to start, which its sandbox ends once its
+	// first container is created (see Sandbox.FinishStart).
+	turn *admission.Turn
 }
 
 // VMOptions says what to boot.
@@ -82,6 +86,12 @@ type VMOptions struct {
 	// Log, when set, gets what the boot has to say (a template made, or one
 	// that could not be used).
 	Log *slog.Logger
+	// Context bounds the wait for the guest's turn to start (see
+	// internal/admission): the request that asked for the sandbox, if it
+	// has a deadline. Nothing of the VM's life is bound to it.
+	Context context.Context
+	// OnTurn, when set, is called when the guest's turn to start comes.
+	OnTurn func(*admission.Turn)
 }
 
 func (o VMOptions) logger() *slog.Logger {
@@ -219,6 +229,57 @@ func StartVM(opts VMOptions) (*VM, error) {
 	} else if opts.Config.Hypervisor.Template {
 		log.Debug("booting the guest: no template", "reason", why)
 	}
+	// The template is made, or waited for, before the turn: its maker
+	// takes a turn of its own.
+	turn, err := startTurn(opts)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := restoreOrBoot(opts, accel, tmpl)
+	if err != nil {
+		endTurn(log, turn)
+		return nil, err
+	}
+	vm.turn = turn
+	return vm, nil
+}
+
+// startTurn waits for the guest's turn to start: at most
+// runtime.concurrent_starts guests start at once on the host.
+func startTurn(opts VMOptions) (*admission.Turn, error) {
+	ctx := opts.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	slots := opts.Config.Runtime.ConcurrentStarts
+	if slots == 0 {
+		slots = admission.DefaultSlots()
+	}
+	turn, err := admission.Gate{Dir: admission.Dir, Slots: slots}.Enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	opts.logger().Info("start turn began", "ahead", turn.Ahead, "slots", slots, "waited", turn.Waited.Round(time.Millisecond).String())
+	if opts.OnTurn != nil {
+		opts.OnTurn(turn)
+	}
+	return turn, nil
+}
+
+// endTurn ends a turn to start, once.
+func endTurn(log *slog.Logger, turn *admission.Turn) {
+	// The times, in nanoseconds, show that turns on the host never overlap
+	// beyond the slots.
+	if held := turn.Leave(); held > 0 {
+		log.Info("start turn ended", "held", held.Round(time.Millisecond).String(),
+			"began_ns", turn.Since.UnixNano(), "ended_ns", turn.Since.Add(held).UnixNano())
+	}
+}
+
+// restoreOrBoot starts the guest from tmpl, or boots it when tmpl is nil
+// or the restore fails.
+func restoreOrBoot(opts VMOptions, accel qemu.Accel, tmpl *Template) (*VM, error) {
+	log := opts.logger()
 	if tmpl != nil {
 		vm, err := launchVM(opts, accel, tmpl)
 		if err == nil {
