@@ -129,8 +129,9 @@ func startDaemon(g *globals, id string, bootTimeout time.Duration) (*daemonHandl
 		r := bufio.NewReader(readR)
 		for {
 			line, err := r.ReadString('\n')
-			msg <- strings.TrimSpace(line)
-			if err != nil || strings.TrimSpace(line) != sandbox.TurnReport {
+			line = strings.TrimSpace(line)
+			msg <- line
+			if err != nil || line != sandbox.TurnReport {
 				return
 			}
 		}

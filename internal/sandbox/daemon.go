@@ -16,7 +16,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/husk-runtime/husk/internal/admission"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
 	"github.com/husk-runtime/husk/internal/oci"
@@ -74,7 +73,7 @@ func RunDaemon(store state.Store, id string, cfg *config.Config, ready *os.File,
 	opts := d.bootOptions(cfg)
 	// The creator bounds the boot from here: the wait for the turn depends
 	// on the other sandboxes starting on the host.
-	opts.OnTurn = func(*admission.Turn) { fmt.Fprintln(ready, TurnReport) }
+	opts.OnTurn = func() { fmt.Fprintln(ready, TurnReport) }
 	// A creator that is gone (its own caller's deadline passed) takes this
 	// daemon out of the queue at once.
 	ctx, creatorGone := whileReaderLives(ready)

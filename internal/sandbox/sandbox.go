@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
-	"github.com/husk-runtime/husk/internal/admission"
 	"github.com/husk-runtime/husk/internal/channel"
 	"github.com/husk-runtime/husk/internal/config"
 	"github.com/husk-runtime/husk/internal/control"
@@ -135,7 +134,7 @@ type Options struct {
 	Context context.Context
 	// OnTurn, when set, is called when the guest's turn to start comes
 	// (see internal/admission).
-	OnTurn func(*admission.Turn)
+	OnTurn func()
 }
 
 // Boot starts the sandbox's VM and waits for its agent. The process's

@@ -91,7 +91,7 @@ type VMOptions struct {
 	// has a deadline. Nothing of the VM's life is bound to it.
 	Context context.Context
 	// OnTurn, when set, is called when the guest's turn to start comes.
-	OnTurn func(*admission.Turn)
+	OnTurn func()
 }
 
 func (o VMOptions) logger() *slog.Logger {
@@ -261,7 +261,7 @@ func startTurn(opts VMOptions) (*admission.Turn, error) {
 	}
 	opts.logger().Info("start turn began", "ahead", turn.Ahead, "slots", slots, "waited", turn.Waited.Round(time.Millisecond).String())
 	if opts.OnTurn != nil {
-		opts.OnTurn(turn)
+		opts.OnTurn()
 	}
 	return turn, nil
 }
