@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/mount"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/containerd/runtime"
@@ -223,7 +224,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "%v", err)
 	}
-	sb, err := s.ensureSandbox(ctx, role.sandboxID, netns, forNew, holder, resources)
+	sb, err := s.ensureSandbox(ctx, role.sandboxID, netns, forNew, holder, resources, r.Options)
 	if err != nil {
 		oci.StopNetNSHolder(holder)
 		return nil, errdefs.ToGRPC(err)
@@ -277,6 +278,29 @@ func mountRootfs(r *taskapi.CreateTaskRequest, spec *specs.Spec, t *taskRecord) 
 	return bundle, nil
 }
 
+// configPath is the configuration file a new sandbox is made with: the
+// ConfigPath of containerd's runtime options where the caller gives one (a
+// CRI runtime's options.ConfigPath, ctr's --runtime-config-path), so that
+// one containerd can offer husk runtimes configured differently; otherwise
+// HUSK_CONFIG or the default path, as for the CLI.
+func configPath(options typeurl.Any) (path string, explicit bool, err error) {
+	if options == nil || len(options.GetValue()) == 0 {
+		path, explicit = config.Path("")
+		return path, explicit, nil
+	}
+	decoded, err := typeurl.UnmarshalAny(options)
+	if err != nil {
+		return "", false, fmt.Errorf("%w: runtime options: %v", errdefs.ErrInvalidArgument, err)
+	}
+	opts, ok := decoded.(*runtimeoptions.Options)
+	if !ok {
+		return "", false, fmt.Errorf("%w: runtime options of type %s: husk reads only %s (ConfigPath)",
+			errdefs.ErrInvalidArgument, options.GetTypeUrl(), "runtimeoptions.v1.Options")
+	}
+	path, explicit = config.Path(opts.ConfigPath)
+	return path, explicit, nil
+}
+
 func unmountRootfs(t *taskRecord) {
 	if t.rootfs != "" {
 		_ = mount.UnmountAll(t.rootfs, 0)
@@ -285,9 +309,10 @@ func unmountRootfs(t *taskRecord) {
 }
 
 // ensureSandbox boots the sandbox's VM, joined to the network namespace
-// netns and sized for resources, unless it runs. ctx, containerd's
-// request, bounds the wait for the guest's turn to start.
-func (s *service) ensureSandbox(ctx context.Context, sandboxID, netns string, netnsForNew bool, holder state.Process, resources *specs.LinuxResources) (*sandbox.Sandbox, error) {
+// netns and sized for resources, with the configuration options name,
+// unless it runs. ctx, containerd's request, bounds the wait for the guest's
+// turn to start.
+func (s *service) ensureSandbox(ctx context.Context, sandboxID, netns string, netnsForNew bool, holder state.Process, resources *specs.LinuxResources, options typeurl.Any) (*sandbox.Sandbox, error) {
 	s.bootMu.Lock()
 	defer s.bootMu.Unlock()
 	s.mu.Lock()
@@ -296,7 +321,10 @@ func (s *service) ensureSandbox(ctx context.Context, sandboxID, netns string, ne
 	if sb != nil {
 		return sb, nil
 	}
-	path, explicit := config.Path("")
+	path, explicit, err := configPath(options)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := config.Load(path, explicit)
 	if err != nil {
 		return nil, err

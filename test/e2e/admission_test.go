@@ -208,3 +208,80 @@ func TestQueuedCreates(t *testing.T) {
 	}
 	e.run("", "delete", "--force", waiting)
 }
+
+// shimPID is the pid of the husk shim serving container id, or 0.
+func shimPID(id string) int {
+	out, _ := exec.Command("pgrep", "-f", "containerd-shim-husk-v2 .*-id "+id+" ").Output()
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0]))
+	return pid
+}
+
+// Through containerd, a create queues within the caller's deadline: one
+// whose deadline passes while it queues fails and leaves nothing behind
+// (its shim leaves the queue and ends); one without a deadline succeeds
+// once its turn comes. The shim's configuration comes from the runtime
+// options' ConfigPath (ctr --runtime-config-path).
+func TestCtrQueuedCreates(t *testing.T) {
+	c := newCtrEnv(t)
+	cfg := filepath.Join(t.TempDir(), "one-start.toml")
+	if err := os.WriteFile(cfg, []byte("[runtime]\nconcurrent_starts = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := append(runFlags, "--rm", "--runtime-config-path", cfg)
+	held := holdTurn(t)
+
+	// The deadline passes while the shim queues.
+	late := c.id()
+	lateRun := exec.Command("ctr", append([]string{"-n", c.namespace, "--timeout", "20s"}, append(run, ctrImage, late, "echo", "late")...)...)
+	var lateOut strings.Builder
+	lateRun.Stdout, lateRun.Stderr = &lateOut, &lateOut
+	if err := lateRun.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lateDone := make(chan error, 1)
+	go func() { lateDone <- lateRun.Wait() }()
+	queued := 0
+	for queued == 0 {
+		select {
+		case err := <-lateDone:
+			t.Fatalf("ctr run ended (%v) before its shim queued: %s", err, lateOut.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if pid := shimPID(late); pid != 0 && len(ticketsOf(pid)) > 0 {
+			queued = pid
+		}
+	}
+	if err := <-lateDone; err == nil {
+		t.Fatalf("ctr run succeeded while the only turn was held: %s", lateOut.String())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ticketsOf(queued)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the shim (pid %d) of a create past its deadline still queues: %q", queued, ticketsOf(queued))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// checkNoLeaks, at the test's end, looks for its shim, QEMU, state and mounts.
+
+	// Without a deadline, the create waits for its turn.
+	waiting := c.id()
+	waitingRun := c.command(append(run, ctrImage, waiting, "echo", "queued")...)
+	var stdout, stderr strings.Builder
+	waitingRun.Stdout, waitingRun.Stderr = &stdout, &stderr
+	if err := waitingRun.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- waitingRun.Wait() }()
+	deadline = time.Now().Add(30 * time.Second)
+	for pid := shimPID(waiting); pid == 0 || len(ticketsOf(pid)) == 0; pid = shimPID(waiting) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second create's shim did not join the queue")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	held.Leave()
+	if err := <-done; err != nil || strings.TrimSpace(stdout.String()) != "queued" {
+		t.Fatalf("the queued ctr run: %v, stdout %q, stderr %q", err, stdout.String(), stderr.String())
+	}
+}
