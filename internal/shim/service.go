@@ -84,6 +84,12 @@ type service struct {
 	// Delete has answered (a pod whose VM died has all its tasks deleted
 	// at once).
 	deleting int
+	// shutdownAsked: containerd asked for a Shutdown while the shim was
+	// busy; it ends once idle. Dropping the request instead would leave a
+	// shim whose Create failed as its caller's deadline passed: containerd
+	// asks for the Shutdown as soon as the Create's call ends, which may be
+	// before the Create itself has.
+	shutdownAsked bool
 }
 
 // taskRecord is what the shim keeps of one container.
@@ -187,6 +193,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		s.mu.Lock()
 		delete(s.creating, r.ID)
 		s.mu.Unlock()
+		s.shutdownIfAsked()
 	}()
 
 	spec, err := oci.ReadSpec(r.Bundle)
@@ -627,6 +634,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		s.mu.Lock()
 		s.deleting--
 		s.mu.Unlock()
+		s.shutdownIfAsked()
 	}()
 	sb, t, err := s.sandboxFor(r.ID)
 	if err != nil {
@@ -892,14 +900,23 @@ func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*task
 	return &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPID.Load()}, nil
 }
 
-// Shutdown ends the shim once it serves no container: the shutdown callback
-// powers the VM off and removes its state and the shim's socket.
+// Shutdown ends the shim once it serves no container and no Create or
+// Delete is under way, at once or when the last of them ends: the shutdown
+// callback powers the VM off and removes its state and the shim's socket.
 func (s *service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	busy := len(s.tasks) > 0 || len(s.creating) > 0 || s.deleting > 0
+	s.shutdownAsked = true
 	s.mu.Unlock()
-	if !busy {
+	s.shutdownIfAsked()
+	return empty, nil
+}
+
+// shutdownIfAsked ends the shim if containerd asked for it and it is idle.
+func (s *service) shutdownIfAsked() {
+	s.mu.Lock()
+	end := s.shutdownAsked && len(s.tasks) == 0 && len(s.creating) == 0 && s.deleting == 0
+	s.mu.Unlock()
+	if end {
 		s.shutdown.Shutdown()
 	}
-	return empty, nil
 }
