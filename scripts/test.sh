@@ -30,5 +30,5 @@ echo "== the load and fault tests again, beside a noisy neighbour"
 # template is there at the start: bursts must queue and faults must be
 # handled on a busy host, where users run them, not only on a quiet one.
 HUSK_TEST_NOISY=1 go test -count=1 -timeout 30m ./test/e2e \
-	-run '^(TestParallel.*|TestManyCycles|TestHostProcessKilled|TestCreateKilledHalfway|TestGuestDies|TestForcedDeleteIsNoCrash|TestStateRoot.*|TestCtrShimOrQEMUKilled|TestCtrGuestDies|TestCRIPodVMKilled|TestWarmPoolFaultsAndChanges|TestQueuedCreates|TestStartTurnsNeverOverlap)$'
+	-run '^(TestParallel.*|TestManyCycles|TestHostProcessKilled|TestCreateKilledHalfway|TestGuestDies|TestForcedDeleteIsNoCrash|TestStateRoot.*|TestCtrShimOrQEMUKilled|TestCtrGuestDies|TestCRIPodVMKilled|TestWarmPoolFaultsAndChanges|TestQueuedCreates|TestCtrQueuedCreates|TestStartTurnsNeverOverlap)$'
 
