@@ -156,25 +156,7 @@ hyperfine --runs "$runs" --warmup 1 --style basic --export-json "$out/ctr-run-tr
   -n "ctr run (runc shim)" "$ctr run --rm --runtime io.containerd.runc.v2 $image bench-\$\$ true"
 summarize "$out/ctr-run-true.json"
 
-echo "== bursts: N containers started at once, each printing a line; time to the last one's output, husk against runc"
-# On this small host the guests' starts queue (runtime.concurrent_starts, one
-# per core by default): every run must succeed, and the last one's wait is
-# the figure.
-"$top/scripts/make-bundle.sh" "$out/bundle-echo" >/dev/null
-: > "$out/bursts.txt"
-for n in ${BENCH_BURSTS:-20 50}; do
-  for rt in husk runc; do
-    case $rt in
-      husk) cli="$top/build/husk --root /run/husk-bench-burst"; shim=io.containerd.husk.v2 ;;
-      runc) cli="runc --root /run/runc-bench-burst"; shim=io.containerd.runc.v2 ;;
-    esac
-    python3 "$top/scripts/bench-burst.py" "$rt run" "$n" "hello from husk" $cli run --bundle "$out/bundle-echo" "burst-$$-{i}" | tee -a "$out/bursts.txt"
-    python3 "$top/scripts/bench-burst.py" "docker run --runtime $rt" "$n" burst-ok \
-      docker -H "$HUSK_TEST_DOCKER_HOST" run --rm --runtime "$rt" busybox:local echo burst-ok | tee -a "$out/bursts.txt"
-    python3 "$top/scripts/bench-burst.py" "ctr run ($rt shim)" "$n" burst-ok \
-      $ctr run --rm --runtime "$shim" "$image" "burst-$$-{i}" echo burst-ok | tee -a "$out/bursts.txt"
-  done
-done
+"$top/scripts/bench-bursts.sh"
 
 echo "== CRI: a pod of 2 containers, from runp to both running (crictl), husk's handler against runc's"
 crictl="crictl -c $HUSK_TEST_CRICTL_CONFIG"
