@@ -163,6 +163,30 @@ func sameNamespace(a, b string) bool {
 type pipes struct {
 	childFiles []*os.File // closed in the agent once the process has them
 	copies     sync.WaitGroup
+	// cut ends the copies still under way: the agent's ends of the output
+	// pipes and terminal, and their streams.
+	cut []io.Closer
+}
+
+// drain waits up to wait for the process's output to reach the host. What
+// is still held open then, by processes that outlived it, is cut: the host
+// sees the end of the streams, and a process that writes on gets EPIPE, as
+// after containerd's own bounded wait for a task's output.
+func (p *pipes) drain(wait time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		p.copies.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		for _, c := range p.cut {
+			c.Close()
+		}
+	}
 }
 
 func (p *pipes) closeChildEnds() {
@@ -180,6 +204,7 @@ func (p *pipes) output(stream net.Conn) (*os.File, error) {
 		return nil, err
 	}
 	p.childFiles = append(p.childFiles, w)
+	p.cut = append(p.cut, r, stream)
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
@@ -256,6 +281,9 @@ func (p *pipes) input(stream net.Conn) (*os.File, error) {
 // terminal copies between a terminal master and its stream. Output ends with
 // EIO once every holder of the terminal's other side has exited.
 func (p *pipes) terminal(master *os.File, stream net.Conn) {
+	// The stream only: a read of the master may not be interruptible, and
+	// closing the stream is what the host waits for.
+	p.cut = append(p.cut, stream)
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"bytes"
+	"io"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -77,5 +79,63 @@ func TestCopyOutputHoldsBackBriefly(t *testing.T) {
 	}
 	if got := string(rec.writes[0]); got != "prompt$ " {
 		t.Errorf("first frame %q", got)
+	}
+}
+
+// A process's exit waits for its output only so long: a pipe that a
+// process left behind still holds is cut, and the host's stream ends.
+func TestDrainCutsOutputHeldOpen(t *testing.T) {
+	host, agentSide := net.Pipe()
+	defer host.Close()
+	var pp pipes
+	w, err := pp.output(agentSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp.childFiles = nil
+	defer w.Close() // held open, as by a process left behind
+	hostRead := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(host)
+		hostRead <- b
+	}()
+	if _, err := w.Write([]byte("before the exit\n")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	pp.drain(200 * time.Millisecond)
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Errorf("drain returned after %s, before its bound, with the pipe open", waited)
+	}
+	select {
+	case b := <-hostRead:
+		if string(b) != "before the exit\n" {
+			t.Errorf("the host read %q", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the host's stream did not end once the output was cut")
+	}
+	if _, err := w.Write([]byte("after")); err == nil {
+		t.Error("a write into the cut pipe succeeded")
+	}
+}
+
+// Output whose writers are gone drains fully, without waiting for the bound.
+func TestDrainReturnsOnceOutputEnds(t *testing.T) {
+	host, agentSide := net.Pipe()
+	defer host.Close()
+	var pp pipes
+	w, err := pp.output(agentSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp.childFiles = nil // the test holds the write end and closes it itself
+	go func() { _, _ = io.Copy(io.Discard, host) }()
+	_, _ = w.Write([]byte("all of it"))
+	w.Close()
+	start := time.Now()
+	pp.drain(10 * time.Second)
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("drain waited %s for output that had ended", waited)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"github.com/opencontainers/runc/libcontainer/utils"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -20,6 +21,23 @@ import (
 	agentapi "github.com/husk-runtime/husk/api/agent/v1"
 	"github.com/husk-runtime/husk/internal/version"
 )
+
+// outputDrainWait bounds how long a process's exit waits for its output to
+// reach the host once the process is gone: output that processes it left
+// behind keep open does not hold its exit back.
+const outputDrainWait = 2 * time.Second
+
+// killRemaining ends what is left of a container whose init process
+// exited. With a PID namespace of its own the kernel has done so; one that
+// shares its PID namespace (a pod's, or the guest's) would keep its other
+// processes, which would keep its output open and its cgroup busy: they are
+// killed, as runc and containerd's shim do.
+func killRemaining(lc *libcontainer.Container) {
+	if lc.Config().Namespaces.IsPrivate(configs.NEWPID) {
+		return
+	}
+	_ = lc.Signal(unix.SIGKILL)
+}
 
 // streamWait bounds how long a request waits for the stdio streams the host
 // said it opened before the request.
@@ -237,10 +255,13 @@ func (s *Service) startProcess(lc *libcontainer.Container, id, execID string, pr
 	}
 	go func() {
 		p.status = <-exited
+		if execID == "" {
+			killRemaining(lc)
+		}
 		if p.stdin != nil {
 			p.stdin.Close()
 		}
-		pp.copies.Wait()
+		pp.drain(outputDrainWait)
 		if p.console != nil {
 			p.console.Close()
 		}
@@ -450,7 +471,18 @@ func (s *Service) SignalProcess(ctx context.Context, req *agentapi.SignalProcess
 		}
 		return &agentapi.Empty{}, nil
 	}
-	if err := unix.Kill(p.pid, sig); err != nil {
+	if req.GetExecId() == "" {
+		// libcontainer signals the init process, checked against pid
+		// reuse; SIGKILL to a container that shares its PID namespace
+		// reaches every process in it, as runc kill does.
+		err = c.lc.Signal(sig)
+	} else {
+		err = unix.Kill(p.pid, sig)
+	}
+	if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, unix.ESRCH) {
+		return nil, status.Errorf(codes.FailedPrecondition, "container not running")
+	}
+	if err != nil {
 		return nil, status.Errorf(codes.Internal, "signalling %s: %v", c.id, err)
 	}
 	return &agentapi.Empty{}, nil
