@@ -195,7 +195,8 @@ func maxVCPUs() int { return min(runtime.NumCPU(), 64) }
 
 // VMSize sizes the VM for a container's resources, so that its limits can
 // be used: its memory limit is added to the configured memory, and its CPU
-// quota (quota/period, rounded up) raises the vCPUs, up to the host's CPUs.
+// quota (quota/period, rounded up) and the CPUs its cpuset names raise the
+// vCPUs, up to the host's CPUs.
 func VMSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int) {
 	cpus, memoryMiB = cfg.Hypervisor.VCPUs, cfg.Hypervisor.MemoryMiB
 	if res == nil {
@@ -208,7 +209,32 @@ func VMSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int)
 		want := int((uint64(*c.Quota) + *c.Period - 1) / *c.Period)
 		cpus = max(cpus, min(want, maxVCPUs()))
 	}
+	if c := res.CPU; c != nil {
+		if highest, ok := highestCPU(c.Cpus); ok {
+			cpus = max(cpus, min(highest+1, maxVCPUs()))
+		}
+	}
 	return cpus, memoryMiB
+}
+
+// highestCPU is the highest CPU number in a cpuset list ("0-1", "0,2-3"),
+// false when the list is empty or not one: the guest's cgroup then refuses
+// it with its own error, as the host's would under runc.
+func highestCPU(list string) (int, bool) {
+	highest := -1
+	for _, part := range strings.Split(strings.TrimSpace(list), ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		if !isRange {
+			hi = lo
+		}
+		a, errA := strconv.Atoi(lo)
+		b, errB := strconv.Atoi(hi)
+		if errA != nil || errB != nil || a < 0 || b < a {
+			return 0, false
+		}
+		highest = max(highest, b)
+	}
+	return highest, highest >= 0
 }
 
 // StartVM starts the guest and waits for its agent: restored from the

@@ -119,6 +119,19 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+func TestHighestCPU(t *testing.T) {
+	for list, want := range map[string]int{"0": 0, "0-1": 1, " 3,0-1 ": 3, "0,2-5,4": 5} {
+		if got, ok := highestCPU(list); !ok || got != want {
+			t.Errorf("%q: %d, %v; want %d", list, got, ok, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "1-0", "-1", "0,", "0-"} {
+		if got, ok := highestCPU(bad); ok {
+			t.Errorf("%q: %d, want refused", bad, got)
+		}
+	}
+}
+
 func TestVMSizeFollowsResources(t *testing.T) {
 	cfg := config.Default()
 	limit := int64(300 << 20)
@@ -131,6 +144,10 @@ func TestVMSizeFollowsResources(t *testing.T) {
 		{"none", nil, 1, 256},
 		{"memory limit", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}, 1, 556},
 		{"cpu quota", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}}, min(2, maxVCPUs()), 256},
+		{"cpuset 0-1", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0-1"}}, min(2, maxVCPUs()), 256},
+		{"cpuset 0", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0"}}, 1, 256},
+		{"cpuset past the host's", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0,1000"}}, maxVCPUs(), 256},
+		{"not a cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "1-0"}}, 1, 256},
 	} {
 		cpus, memory := VMSize(cfg, tc.res)
 		if cpus != tc.cpus || memory != tc.memory {
