@@ -302,16 +302,40 @@ func TestCheckRefusesAnotherHusksGuest(t *testing.T) {
 	}
 }
 
-// TestHostDeviceRefused: a host device in the spec is an error naming the
-// entry, not a container that silently lacks it; nothing is left.
-func TestHostDeviceRefused(t *testing.T) {
+// TestDevicesAreTheGuests: linux.devices are made in the guest, as runc
+// makes them on a host: the numbers name the guest kernel's devices, so a
+// node with /dev/null's numbers is the guest's null and a host device the
+// guest lacks (/dev/kvm) opens as no device; readonlyPaths may name them.
+func TestDevicesAreTheGuests(t *testing.T) {
 	e := newEnv(t)
+	uid, gid := uint32(0), uint32(0)
+	mode := os.FileMode(0o666)
 	b := e.bundle(func(s *specs.Spec) {
-		s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: "/dev/kvm", Type: "c", Major: 10, Minor: 232})
-	}, "true")
+		s.Linux.Devices = append(s.Linux.Devices,
+			specs.LinuxDevice{Path: "/dev/husk-null", Type: "c", Major: 1, Minor: 3, FileMode: &mode, UID: &uid, GID: &gid},
+			specs.LinuxDevice{Path: "/dev/kvm", Type: "c", Major: 10, Minor: 232, FileMode: &mode, UID: &uid, GID: &gid},
+			specs.LinuxDevice{Path: "/dev/husk-ro", Type: "c", Major: 1, Minor: 5, FileMode: &mode, UID: &uid, GID: &gid})
+		allow := func(minor int64) specs.LinuxDeviceCgroup {
+			major := int64(1)
+			if minor == 232 {
+				major = 10
+			}
+			return specs.LinuxDeviceCgroup{Allow: true, Type: "c", Major: &major, Minor: &minor, Access: "rwm"}
+		}
+		if s.Linux.Resources == nil {
+			s.Linux.Resources = &specs.LinuxResources{}
+		}
+		s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, allow(3), allow(232), allow(5))
+		s.Linux.ReadonlyPaths = append(s.Linux.ReadonlyPaths, "/dev/husk-ro")
+	}, "sh", "-c", `ls -l /dev/husk-null /dev/kvm | awk '{print $1, $5, $6}'
+echo into-null > /dev/husk-null && echo null-ok
+cat /dev/kvm 2>/dev/null || echo kvm-absent
+head -c 4 /dev/husk-ro | wc -c
+grep -c ' /dev/husk-ro .* ro[,\ ]' /proc/self/mountinfo`)
 	r := e.run("", "run", "--bundle", b, e.id())
-	if r.status == 0 || !strings.Contains(r.stderr, "linux.devices[0] (/dev/kvm)") {
-		t.Fatalf("host device: status %d, stderr %q", r.status, r.stderr)
+	want := "crw-rw-rw- 1, 3\ncrw-rw-rw- 10, 232\nnull-ok\nkvm-absent\n4\n1\n"
+	if r.status != 0 || r.stdout != want {
+		t.Fatalf("devices: status %d, stdout %q, want %q; stderr %q", r.status, r.stdout, want, r.stderr)
 	}
 }
 
