@@ -152,21 +152,30 @@ func newPsCommand(g *globals) *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "ps [--format table|json] ID",
-		Short: "list a container's processes (PIDs inside the guest)",
+		Short: "list a container's processes: PIDs inside the guest (table), or the host's process standing for it (json)",
 		Args:  oneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if format != "table" && format != "json" {
 				return fmt.Errorf("invalid format %q: want table or json", format)
 			}
-			if _, err := liveContainer(g, args[0]); err != nil {
-				return err
-			}
-			reply, err := call(g, args[0], &control.Request{Op: control.OpPs}, nil, callTimeout)
+			st, err := liveContainer(g, args[0])
 			if err != nil {
 				return err
 			}
 			if format == "json" {
-				return json.NewEncoder(os.Stdout).Encode(reply.PIDs)
+				// Callers of the json format (containerd's runc shim, for
+				// docker top) match the PIDs against the host's processes:
+				// the guest's would name unrelated host processes. The
+				// host's process for the container is its stand-in.
+				pids := []int{}
+				if st.StandIn.Alive() {
+					pids = append(pids, st.StandIn.PID)
+				}
+				return json.NewEncoder(os.Stdout).Encode(pids)
+			}
+			reply, err := call(g, args[0], &control.Request{Op: control.OpPs}, nil, callTimeout)
+			if err != nil {
+				return err
 			}
 			fmt.Println("PID")
 			for _, pid := range reply.PIDs {

@@ -145,10 +145,15 @@ func TestCreateStartKillDelete(t *testing.T) {
 	if r := e.run("", "start", id); r.status != 1 {
 		t.Fatalf("second start: status %d", r.status)
 	}
+	// ps's json is for callers that match PIDs against the host's (docker
+	// top): the container's stand-in; its table, the guest's PIDs.
 	r := e.mustRun("ps", "--format", "json", id)
 	var pids []int
-	if err := json.Unmarshal([]byte(r.stdout), &pids); err != nil || len(pids) == 0 {
-		t.Fatalf("ps json %q: %v", r.stdout, err)
+	if err := json.Unmarshal([]byte(r.stdout), &pids); err != nil || len(pids) != 1 || pids[0] != pid {
+		t.Fatalf("ps json %q (%v), want the stand-in's pid [%d]", r.stdout, err, pid)
+	}
+	if r := e.mustRun("ps", id); !strings.HasPrefix(r.stdout, "PID\n1\n") {
+		t.Fatalf("ps: %q, want the guest's PIDs, the container's init first", r.stdout)
 	}
 	if r := e.run("", "delete", id); r.status != 1 || !strings.Contains(r.stderr, "not stopped") {
 		t.Fatalf("delete of running: status %d, stderr %q", r.status, r.stderr)
