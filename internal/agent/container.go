@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/cgroups/fs2"
@@ -163,15 +164,52 @@ func sameNamespace(a, b string) bool {
 type pipes struct {
 	childFiles []*os.File // closed in the agent once the process has them
 	copies     sync.WaitGroup
-	// cut ends the copies still under way: the agent's ends of the output
-	// pipes and terminal, and their streams.
-	cut []io.Closer
+	outputs    []*outputCopy
 }
 
-// drain waits up to wait for the process's output to reach the host. What
-// is still held open then, by processes that outlived it, is cut: the host
-// sees the end of the streams, and a process that writes on gets EPIPE, as
-// after containerd's own bounded wait for a task's output.
+func (p *pipes) closeChildEnds() {
+	for _, f := range p.childFiles {
+		f.Close()
+	}
+	p.childFiles = nil
+}
+
+// outputCopy is one output pipe's copy to its stream.
+type outputCopy struct {
+	r       *os.File
+	stream  net.Conn
+	reading atomic.Bool // waiting for the process to write, not for the host
+	ended   atomic.Bool
+}
+
+// idle says whether the copy waits for output that nobody writes: it is in
+// a read and the pipe holds nothing.
+func (c *outputCopy) idle() bool {
+	if c.ended.Load() || !c.reading.Load() {
+		return false
+	}
+	raw, err := c.r.SyscallConn()
+	if err != nil {
+		return true // closed
+	}
+	buffered := 0
+	ctlErr := raw.Control(func(fd uintptr) {
+		buffered, err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
+	})
+	return ctlErr != nil || err != nil || buffered == 0
+}
+
+// drainPoll is how often drain looks at copies still under way once its
+// wait is over.
+const drainPoll = 50 * time.Millisecond
+
+// drain waits for the process's output to reach the host. After wait, a
+// copy that only waits for more output (its pipe empty, held open by
+// processes that outlived the process) is cut: the host sees the end of the
+// stream, and a process that writes on gets EPIPE, as after containerd's own
+// bounded wait for a task's output. A copy still moving output, however
+// slowly the host takes it, is never cut: nothing written before the exit
+// is lost.
 func (p *pipes) drain(wait time.Duration) {
 	done := make(chan struct{})
 	go func() {
@@ -180,20 +218,20 @@ func (p *pipes) drain(wait time.Duration) {
 	}()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
-		for _, c := range p.cut {
-			c.Close()
+	for {
+		select {
+		case <-done:
+			return
+		case <-timer.C:
 		}
+		for _, c := range p.outputs {
+			if c.idle() {
+				c.r.Close()
+				c.stream.Close()
+			}
+		}
+		timer.Reset(drainPoll)
 	}
-}
-
-func (p *pipes) closeChildEnds() {
-	for _, f := range p.childFiles {
-		f.Close()
-	}
-	p.childFiles = nil
 }
 
 // output copies a process's output pipe to its stream until EOF, then closes
@@ -204,11 +242,13 @@ func (p *pipes) output(stream net.Conn) (*os.File, error) {
 		return nil, err
 	}
 	p.childFiles = append(p.childFiles, w)
-	p.cut = append(p.cut, r, stream)
+	c := &outputCopy{r: r, stream: stream}
+	p.outputs = append(p.outputs, c)
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
-		_ = copyOutput(stream, r)
+		_ = copyOutput(stream, r, &c.reading)
+		c.ended.Store(true)
 		r.Close()
 		stream.Close()
 	}()
@@ -233,11 +273,17 @@ const outputLinger = time.Millisecond
 // pieces (busybox's head writes 4 KiB at a time) would get a frame per
 // piece: so a read is topped up with whatever else arrives within
 // outputLinger of it, up to the buffer's size. Output is held back by no
-// more than outputLinger.
-func copyOutput(dst io.Writer, src *os.File) error {
+// more than outputLinger. reading, if set, is true while the copy waits for
+// the process rather than for dst.
+func copyOutput(dst io.Writer, src *os.File, reading *atomic.Bool) error {
+	if reading == nil {
+		reading = new(atomic.Bool)
+	}
 	buf := make([]byte, 128<<10)
 	for {
+		reading.Store(true)
 		n, err := src.Read(buf)
+		reading.Store(false)
 		if err == nil && n < len(buf) && src.SetReadDeadline(time.Now().Add(outputLinger)) == nil {
 			for err == nil && n < len(buf) {
 				var m int
@@ -281,13 +327,10 @@ func (p *pipes) input(stream net.Conn) (*os.File, error) {
 // terminal copies between a terminal master and its stream. Output ends with
 // EIO once every holder of the terminal's other side has exited.
 func (p *pipes) terminal(master *os.File, stream net.Conn) {
-	// The stream only: a read of the master may not be interruptible, and
-	// closing the stream is what the host waits for.
-	p.cut = append(p.cut, stream)
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
-		_ = copyOutput(stream, master)
+		_ = copyOutput(stream, master, nil)
 		stream.Close()
 	}()
 	go func() { _, _ = io.Copy(master, stream) }()

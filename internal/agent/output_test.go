@@ -35,7 +35,7 @@ func TestCopyOutputCoalescesSmallWrites(t *testing.T) {
 	}
 	rec := &recorder{first: make(chan struct{})}
 	done := make(chan error, 1)
-	go func() { done <- copyOutput(rec, r) }()
+	go func() { done <- copyOutput(rec, r, nil) }()
 	var want bytes.Buffer
 	for i := 0; i < 256; i++ {
 		piece := bytes.Repeat([]byte{byte(i)}, 4096)
@@ -68,7 +68,7 @@ func TestCopyOutputHoldsBackBriefly(t *testing.T) {
 	}
 	defer w.Close()
 	rec := &recorder{first: make(chan struct{})}
-	go func() { _ = copyOutput(rec, r) }()
+	go func() { _ = copyOutput(rec, r, nil) }()
 	if _, err := w.Write([]byte("prompt$ ")); err != nil {
 		t.Fatal(err)
 	}
@@ -137,5 +137,38 @@ func TestDrainReturnsOnceOutputEnds(t *testing.T) {
 	pp.drain(10 * time.Second)
 	if waited := time.Since(start); waited > 5*time.Second {
 		t.Errorf("drain waited %s for output that had ended", waited)
+	}
+}
+
+// Output the host is slow to take is never cut, even past the bound and
+// with the pipe still held open: it all arrives, then the stream ends.
+func TestDrainKeepsOutputTheHostIsSlowToTake(t *testing.T) {
+	host, agentSide := net.Pipe() // unbuffered: the copy waits for every read
+	defer host.Close()
+	var pp pipes
+	w, err := pp.output(agentSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp.childFiles = nil
+	defer w.Close() // held open, as by a process left behind
+	out := bytes.Repeat([]byte("x"), 60<<10)
+	if _, err := w.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() {
+		pp.drain(100 * time.Millisecond)
+		close(drained)
+	}()
+	time.Sleep(500 * time.Millisecond) // the host reads late
+	got, _ := io.ReadAll(host)
+	if len(got) != len(out) {
+		t.Errorf("the host read %d bytes, want %d", len(got), len(out))
+	}
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain did not return once the output was taken")
 	}
 }

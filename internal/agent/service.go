@@ -27,16 +27,13 @@ import (
 // behind keep open does not hold its exit back.
 const outputDrainWait = 2 * time.Second
 
-// killRemaining ends what is left of a container whose init process
-// exited. With a PID namespace of its own the kernel has done so; one that
-// shares its PID namespace (a pod's, or the guest's) would keep its other
-// processes, which would keep its output open and its cgroup busy: they are
-// killed, as runc and containerd's shim do.
-func killRemaining(lc *libcontainer.Container) {
-	if lc.Config().Namespaces.IsPrivate(configs.NEWPID) {
-		return
-	}
-	_ = lc.Signal(unix.SIGKILL)
+// leavesProcesses says whether a container's init process can exit and
+// leave its other processes: with a PID namespace of its own the kernel
+// ends them with it; one that shares its PID namespace (a pod's, or the
+// guest's) keeps them, and they would keep its output open and its cgroup
+// busy. runc and containerd's shim kill them; so does the agent.
+func leavesProcesses(lc *libcontainer.Container) bool {
+	return !lc.Config().Namespaces.IsPrivate(configs.NEWPID)
 }
 
 // streamWait bounds how long a request waits for the stdio streams the host
@@ -253,10 +250,13 @@ func (s *Service) startProcess(lc *libcontainer.Container, id, execID string, pr
 		p.console, p.stdin = master, stream
 		pp.terminal(master, stream)
 	}
+	// Read before the container is known to callers: an update replaces
+	// its config.
+	killRest := execID == "" && leavesProcesses(lc)
 	go func() {
 		p.status = <-exited
-		if execID == "" {
-			killRemaining(lc)
+		if killRest {
+			_ = lc.Signal(unix.SIGKILL)
 		}
 		if p.stdin != nil {
 			p.stdin.Close()
@@ -479,7 +479,7 @@ func (s *Service) SignalProcess(ctx context.Context, req *agentapi.SignalProcess
 	} else {
 		err = unix.Kill(p.pid, sig)
 	}
-	if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, unix.ESRCH) {
+	if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone) || errors.Is(err, unix.ESRCH) {
 		return nil, status.Errorf(codes.FailedPrecondition, "container not running")
 	}
 	if err != nil {

@@ -205,7 +205,6 @@ func NetworkNamespacePath(spec *specs.Spec) string {
 	return ""
 }
 
-
 // IsBind says whether a mount takes its source from the host's filesystem.
 func IsBind(m specs.Mount) bool {
 	if m.Type == "bind" {

@@ -88,7 +88,11 @@ func hasOption(m specs.Mount, option string) bool {
 
 // bindMount binds source at target; read-only also on the host side, with
 // every submount, so that a guest root that remounts its own view still
-// cannot write through the share.
+// cannot write through the share. The share is nodev and nosuid on the host
+// side, with every submount: QEMU, which serves it as root, never opens a
+// device node or runs a setuid file through it, whatever a guest made there.
+// The guest sees the files as they are (its own kernel opens the device
+// nodes it finds, as the guest's devices).
 func bindMount(source, target string, rec, ro bool) error {
 	flags := uintptr(unix.MS_BIND)
 	if rec {
@@ -100,11 +104,12 @@ func bindMount(source, target string, rec, ro bool) error {
 	if err := unix.Mount("", target, "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("making %s a slave mount: %w", target, err)
 	}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOSUID}
 	if ro {
-		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, attr); err != nil {
-			return fmt.Errorf("making %s read-only: %w", target, err)
-		}
+		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, attr); err != nil {
+		return fmt.Errorf("setting the attributes of %s: %w", target, err)
 	}
 	return nil
 }

@@ -217,18 +217,24 @@ func VMSize(cfg *config.Config, res *specs.LinuxResources) (cpus, memoryMiB int)
 	return cpus, memoryMiB
 }
 
-// highestCPU is the highest CPU number in a cpuset list ("0-1", "0,2-3"),
-// false when the list is empty or not one: the guest's cgroup then refuses
-// it with its own error, as the host's would under runc.
+// highestCPU is the highest CPU number in a cpuset list in the kernel's
+// syntax ("0-1", "0,2-3", "0-7:2/4"), false when the list names none or is
+// not one: the guest's cgroup then refuses it with its own error, as the
+// host's would under runc.
 func highestCPU(list string) (int, bool) {
 	highest := -1
-	for _, part := range strings.Split(strings.TrimSpace(list), ",") {
+	for _, part := range strings.Split(list, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		part, _, _ = strings.Cut(part, ":") // a stride narrows the range, never raises it
 		lo, hi, isRange := strings.Cut(part, "-")
 		if !isRange {
 			hi = lo
 		}
-		a, errA := strconv.Atoi(lo)
-		b, errB := strconv.Atoi(hi)
+		a, errA := strconv.Atoi(strings.TrimSpace(lo))
+		b, errB := strconv.Atoi(strings.TrimSpace(hi))
 		if errA != nil || errB != nil || a < 0 || b < a {
 			return 0, false
 		}

@@ -120,12 +120,12 @@ func median(ds []time.Duration) time.Duration {
 }
 
 func TestHighestCPU(t *testing.T) {
-	for list, want := range map[string]int{"0": 0, "0-1": 1, " 3,0-1 ": 3, "0,2-5,4": 5} {
+	for list, want := range map[string]int{"0": 0, "0-1": 1, " 3,0-1 ": 3, "0,2-5,4": 5, "0-1,": 1, "0-1 ,3\n": 3, "0,,1": 1, "0-7:2/4": 7} {
 		if got, ok := highestCPU(list); !ok || got != want {
 			t.Errorf("%q: %d, %v; want %d", list, got, ok, want)
 		}
 	}
-	for _, bad := range []string{"", "x", "1-0", "-1", "0,", "0-"} {
+	for _, bad := range []string{"", ",", "x", "1-0", "-1", "0-", "N"} {
 		if got, ok := highestCPU(bad); ok {
 			t.Errorf("%q: %d, want refused", bad, got)
 		}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/husk-runtime/husk/internal/sandbox"
 )
 
 // state reads `husk state` of id.
@@ -145,6 +148,7 @@ func TestCreateStartKillDelete(t *testing.T) {
 	if r := e.run("", "start", id); r.status != 1 {
 		t.Fatalf("second start: status %d", r.status)
 	}
+	checkShareAttributes(t, e, id)
 	// ps's json is for callers that match PIDs against the host's (docker
 	// top): the container's stand-in; its table, the guest's PIDs.
 	r := e.mustRun("ps", "--format", "json", id)
@@ -152,8 +156,10 @@ func TestCreateStartKillDelete(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &pids); err != nil || len(pids) != 1 || pids[0] != pid {
 		t.Fatalf("ps json %q (%v), want the stand-in's pid [%d]", r.stdout, err, pid)
 	}
-	if r := e.mustRun("ps", id); !strings.HasPrefix(r.stdout, "PID\n1\n") {
-		t.Fatalf("ps: %q, want the guest's PIDs, the container's init first", r.stdout)
+	if lines := strings.Fields(e.mustRun("ps", id).stdout); len(lines) < 2 || lines[0] != "PID" {
+		t.Fatalf("ps: %q, want a header and the guest's PIDs", lines)
+	} else if _, err := strconv.Atoi(lines[1]); err != nil {
+		t.Fatalf("ps: %q, want the guest's PIDs", lines)
 	}
 	if r := e.run("", "delete", id); r.status != 1 || !strings.Contains(r.stderr, "not stopped") {
 		t.Fatalf("delete of running: status %d, stderr %q", r.status, r.stderr)
@@ -320,5 +326,39 @@ func TestUnknownIDs(t *testing.T) {
 		if r.status != 1 || !strings.Contains(r.stderr, "does not exist") {
 			t.Errorf("%v: status %d, stderr %q", args, r.status, r.stderr)
 		}
+	}
+}
+
+// checkShareAttributes: every mount of the container's share, in its
+// daemon's mount namespace, is nodev and nosuid: QEMU, which serves it,
+// never opens a device node or runs a setuid file through it.
+func checkShareAttributes(t *testing.T, e *env, id string) {
+	t.Helper()
+	var st struct {
+		Daemon struct {
+			PID int `json:"pid"`
+		} `json:"daemon"`
+	}
+	data, err := os.ReadFile(filepath.Join(e.root, "state", id, "state.json"))
+	if err != nil || json.Unmarshal(data, &st) != nil || st.Daemon.PID == 0 {
+		t.Fatalf("the daemon's pid: %v %s", err, data)
+	}
+	mountinfo, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", st.Daemon.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := 0
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.Contains(f[4], "/"+sandbox.SharedDir+"/"+id+"/") {
+			continue
+		}
+		shared++
+		if opts := "," + f[5] + ","; !strings.Contains(opts, ",nodev,") || !strings.Contains(opts, ",nosuid,") {
+			t.Errorf("a shared mount without nodev and nosuid: %s", line)
+		}
+	}
+	if shared == 0 {
+		t.Errorf("no mount of container %s's share in its daemon's mount namespace", id)
 	}
 }
