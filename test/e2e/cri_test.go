@@ -270,3 +270,66 @@ func TestCRIPodVMKilled(t *testing.T) {
 	c.mustRun("stopp", podID)
 	c.mustRun("rmp", podID)
 }
+
+// TestCRIStopContainerThatForked: a container whose process forked stops at
+// once and its pod goes, as under runc: its main process's exit ends the
+// processes it left (with the pod's PID namespace shared, the kernel does
+// not), and their hold on its output does not hold the exit back.
+func TestCRIStopContainerThatForked(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		pid  int // the CRI's NamespaceMode: 0 the pod's, 1 the container's own
+	}{{"pod PID namespace", 0}, {"own PID namespace", 1}} {
+		t.Run(mode.name, func(t *testing.T) {
+			c := newCRIEnv(t)
+			dir := t.TempDir()
+			name := fmt.Sprintf("husk-e2e-forked-%d-%d", mode.pid, os.Getpid())
+			linux := map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": mode.pid}}}
+			pod := writeJSON(t, dir, "pod.json", map[string]any{
+				"metadata":      map[string]any{"name": name, "namespace": "husk-e2e", "uid": name + "-uid"},
+				"log_directory": dir,
+				"linux":         linux,
+			})
+			podID := c.mustRun("runp", "--runtime", "husk", pod)
+			defer func() {
+				c.run("", "stopp", podID)
+				c.run("", "rmp", "-f", podID)
+			}()
+			spec := writeJSON(t, dir, "forker.json", map[string]any{
+				"metadata": map[string]any{"name": "forker"},
+				"image":    map[string]any{"image": ctrImage},
+				"command":  []string{"sh", "-c", "sleep 1000 & echo forked; exec sleep 2000"},
+				"log_path": "forker.log",
+				"linux":    linux,
+			})
+			id := c.mustRun("create", podID, spec, pod)
+			c.mustRun("start", id)
+			waitFor(t, "the container to fork", func() bool {
+				data, _ := os.ReadFile(filepath.Join(dir, "forker.log"))
+				return strings.Contains(string(data), "forked")
+			})
+			start := time.Now()
+			if r := c.run("", "stop", "-t", "0", id); r.status != 0 {
+				t.Fatalf("crictl stop -t 0: status %d, stderr %q", r.status, r.stderr)
+			}
+			if got := c.containerState(id); got != "CONTAINER_EXITED" {
+				t.Errorf("after stop: %q", got)
+			}
+			t.Logf("stopped in %s", time.Since(start).Round(time.Millisecond))
+			c.mustRun("rm", id)
+			c.mustRun("stopp", podID)
+			c.mustRun("rmp", podID)
+			deadline := time.Now().Add(15 * time.Second)
+			for {
+				qemus, shims := podProcesses(t, podID)
+				if len(qemus)+len(shims) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the pod's VM is left: qemu %q, shims %q", qemus, shims)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
+	}
+}
