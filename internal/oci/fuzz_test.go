@@ -24,7 +24,7 @@ func FuzzParseSpec(f *testing.F) {
 				sources[i] = "/guest/m"
 			}
 		}
-		out, err := GuestSpec(spec, "/guest/root", sources, nil)
+		out, err := GuestSpec(spec, GuestPaths{Root: "/guest/root", Sources: sources}, nil)
 		if err != nil {
 			t.Fatalf("accepted spec does not rewrite: %v", err)
 		}

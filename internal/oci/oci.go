@@ -218,16 +218,29 @@ func IsBind(m specs.Mount) bool {
 	return false
 }
 
+// GuestPaths are where a container's files are in the guest's share.
+type GuestPaths struct {
+	Root string
+	// Sources[i] is spec.Mounts[i]'s source in the guest, for every bind
+	// mount.
+	Sources map[int]string
+	// Submounts[i] lists the host's mounts below a recursive bind mount's
+	// source that keep their own flags (paths relative to the source,
+	// parents first): the guest mounts each again where it is, so that
+	// the bind mount's own read-only flag does not reach them, as runc's
+	// "ro" does not ("rro" does).
+	Submounts map[int][]string
+}
+
 // GuestSpec returns the spec as the guest must see it: the root and every
 // bind mount's source replaced by their paths in the shared directory
-// (guestSources[i] for spec.Mounts[i], set for every bind mount), host-side
-// hooks removed, and namespace paths (host paths, meaningless in the guest)
-// replaced by the guest paths in join, or dropped so that the guest makes
-// new namespaces.
-func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string, join map[specs.LinuxNamespaceType]string) ([]byte, error) {
+// (paths), with their submounts, host-side hooks removed, and namespace
+// paths (host paths, meaningless in the guest) replaced by the guest paths
+// in join, or dropped so that the guest makes new namespaces.
+func GuestSpec(spec *specs.Spec, paths GuestPaths, join map[specs.LinuxNamespaceType]string) ([]byte, error) {
 	out := *spec
 	root := *spec.Root
-	root.Path = guestRoot
+	root.Path = paths.Root
 	out.Root = &root
 	out.Hooks = nil
 	if spec.Process != nil {
@@ -238,16 +251,24 @@ func GuestSpec(spec *specs.Spec, guestRoot string, guestSources map[int]string, 
 		proc.SelinuxLabel = ""
 		out.Process = &proc
 	}
-	out.Mounts = make([]specs.Mount, len(spec.Mounts))
+	out.Mounts = make([]specs.Mount, 0, len(spec.Mounts))
 	for i, m := range spec.Mounts {
-		if IsBind(m) {
-			src, ok := guestSources[i]
-			if !ok {
-				return nil, fmt.Errorf("mounts[%d] (%s): no guest source", i, m.Destination)
-			}
-			m.Source = src
+		if !IsBind(m) {
+			out.Mounts = append(out.Mounts, m)
+			continue
 		}
-		out.Mounts[i] = m
+		src, ok := paths.Sources[i]
+		if !ok {
+			return nil, fmt.Errorf("mounts[%d] (%s): no guest source", i, m.Destination)
+		}
+		m.Source = src
+		out.Mounts = append(out.Mounts, m)
+		for _, rel := range paths.Submounts[i] {
+			out.Mounts = append(out.Mounts, specs.Mount{
+				Destination: filepath.Join(m.Destination, rel), Type: "bind",
+				Source: filepath.Join(src, rel), Options: []string{"bind"},
+			})
+		}
 	}
 	if spec.Linux != nil {
 		linux := *spec.Linux

@@ -96,10 +96,10 @@ func TestGuestSpecRewritesHostPaths(t *testing.T) {
 	spec.Linux.Namespaces[1] = specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/var/run/netns/x"}
 	last := len(spec.Mounts) - 1
 
-	if _, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", nil, nil); err == nil {
+	if _, err := GuestSpec(spec, GuestPaths{Root: "/run/husk/shared/c/rootfs"}, nil); err == nil {
 		t.Fatal("bind mount without a guest source: no error")
 	}
-	data, err := GuestSpec(spec, "/run/husk/shared/c/rootfs", map[int]string{last: "/run/husk/shared/c/mounts/0"}, nil)
+	data, err := GuestSpec(spec, GuestPaths{Root: "/run/husk/shared/c/rootfs", Sources: map[int]string{last: "/run/husk/shared/c/mounts/0"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestGuestSpecDropsHostLSMAndConvertsSystemdCgroups(t *testing.T) {
 	spec.Process.ApparmorProfile = "docker-default"
 	spec.Process.SelinuxLabel = "system_u:system_r:container_t:s0"
 	spec.Linux.CgroupsPath = "system.slice:docker:abc"
-	data, err := GuestSpec(spec, "/r", nil, nil)
+	data, err := GuestSpec(spec, GuestPaths{Root: "/r"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestGuestSpecJoinsNamespacesInTheGuest(t *testing.T) {
 		{Type: specs.IPCNamespace, Path: "/proc/4242/ns/ipc"},
 		{Type: specs.MountNamespace},
 	}
-	data, err := GuestSpec(spec, "/r", nil, map[specs.LinuxNamespaceType]string{specs.IPCNamespace: "/proc/7/ns/ipc"})
+	data, err := GuestSpec(spec, GuestPaths{Root: "/r"}, map[specs.LinuxNamespaceType]string{specs.IPCNamespace: "/proc/7/ns/ipc"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,5 +177,36 @@ func TestGuestSpecJoinsNamespacesInTheGuest(t *testing.T) {
 	}
 	if len(got.Linux.Namespaces) != 3 {
 		t.Errorf("namespaces = %+v", got.Linux.Namespaces)
+	}
+}
+
+// A recursive read-only bind mount's host submounts are mounted again in
+// the guest, after it and parents first, so that "ro" stays on the top
+// mount as under runc.
+func TestGuestSpecMountsSubmountsAgain(t *testing.T) {
+	spec := DefaultSpec()
+	spec.Mounts = append(spec.Mounts,
+		specs.Mount{Destination: "/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "ro"}},
+		specs.Mount{Destination: "/after", Type: "tmpfs", Source: "tmpfs"})
+	i := len(spec.Mounts) - 2
+	data, err := GuestSpec(spec, GuestPaths{Root: "/r", Sources: map[int]string{i: "/s/mounts/0"},
+		Submounts: map[int][]string{i: {"cache", "cache/deep"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got specs.Spec
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	var dests []string
+	for _, m := range got.Mounts[i:] {
+		dests = append(dests, m.Destination+"<"+m.Source)
+	}
+	want := "/data</s/mounts/0 /data/cache</s/mounts/0/cache /data/cache/deep</s/mounts/0/cache/deep /after<tmpfs"
+	if strings.Join(dests, " ") != want {
+		t.Errorf("guest mounts %q, want %q", strings.Join(dests, " "), want)
+	}
+	if sub := got.Mounts[i+1]; sub.Type != "bind" || len(sub.Options) != 1 || sub.Options[0] != "bind" {
+		t.Errorf("a submount's guest mount: %+v, want a plain bind", sub)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -15,8 +17,7 @@ import (
 
 // sharedFiles are a container's paths in the share, host side and guest side.
 type sharedFiles struct {
-	guestRoot    string
-	guestSources map[int]string
+	guest oci.GuestPaths
 }
 
 // shareContainer bind-mounts the container's rootfs and every bind-mount
@@ -33,11 +34,11 @@ func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, err
 	// The rootfs is shared writable even when root.readonly is set: the
 	// guest's libcontainer creates mount points in it first and makes it
 	// read-only last, as runc does on a host.
-	if err := bindMount(bundle.Rootfs, rootfs, true, false); err != nil {
+	if err := bindMount(bundle.Rootfs, rootfs, true, false, false); err != nil {
 		return nil, fmt.Errorf("sharing rootfs: %w", err)
 	}
 	guestBase := filepath.Join(channel.GuestSharedDir, id)
-	files := &sharedFiles{guestRoot: filepath.Join(guestBase, "rootfs"), guestSources: map[int]string{}}
+	files := &sharedFiles{guest: oci.GuestPaths{Root: filepath.Join(guestBase, "rootfs"), Sources: map[int]string{}, Submounts: map[int][]string{}}}
 	for i, m := range bundle.Spec.Mounts {
 		if !oci.IsBind(m) {
 			continue
@@ -63,15 +64,22 @@ func shareContainer(sharedDir, id string, bundle *oci.Bundle) (*sharedFiles, err
 		if err != nil {
 			return nil, fmt.Errorf("mounts[%d] (%s): %w", i, m.Destination, err)
 		}
-		if err := bindMount(source, target, recursive(m), readOnly(m)); err != nil {
+		rec, ro, rro := recursive(m), hasOption(m, "ro"), hasOption(m, "rro")
+		if err := bindMount(source, target, rec, ro || rro, rro); err != nil {
 			return nil, fmt.Errorf("mounts[%d] (%s): %w", i, m.Destination, err)
 		}
-		files.guestSources[i] = filepath.Join(guestBase, "mounts", name)
+		files.guest.Sources[i] = filepath.Join(guestBase, "mounts", name)
+		if rec && ro && !rro && fi.IsDir() {
+			// The guest sees the share as one mount, which "ro" makes
+			// read-only whole: the host's mounts below the source are
+			// mounted again in the guest, keeping their own flags.
+			if files.guest.Submounts[i], err = submountsBelow(source); err != nil {
+				return nil, fmt.Errorf("mounts[%d] (%s): %w", i, m.Destination, err)
+			}
+		}
 	}
 	return files, nil
 }
-
-func readOnly(m specs.Mount) bool { return hasOption(m, "ro") }
 
 // recursive says whether a bind mount takes the source's submounts along:
 // "rbind" does, "bind" does not.
@@ -86,14 +94,15 @@ func hasOption(m specs.Mount, option string) bool {
 	return false
 }
 
-// bindMount binds source at target; read-only also on the host side, with
-// every submount, so that a guest root that remounts its own view still
-// cannot write through the share. The share is nodev and nosuid on the host
+// bindMount binds source at target; read-only also on the host side, so
+// that a guest root that remounts its own view still cannot write through
+// the share: the top mount only, as runc's "ro" does, or every submount
+// with recRO ("rro"). The share is nodev and nosuid on the host
 // side, with every submount: QEMU, which serves it as root, never opens a
 // device node or runs a setuid file through it, whatever a guest made there.
 // The guest sees the files as they are (its own kernel opens the device
 // nodes it finds, as the guest's devices).
-func bindMount(source, target string, rec, ro bool) error {
+func bindMount(source, target string, rec, ro, recRO bool) error {
 	flags := uintptr(unix.MS_BIND)
 	if rec {
 		flags |= unix.MS_REC
@@ -105,13 +114,73 @@ func bindMount(source, target string, rec, ro bool) error {
 		return fmt.Errorf("making %s a slave mount: %w", target, err)
 	}
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOSUID}
-	if ro {
+	if recRO {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
 	if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, attr); err != nil {
 		return fmt.Errorf("setting the attributes of %s: %w", target, err)
 	}
+	if ro && !recRO {
+		top := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(-1, target, 0, top); err != nil {
+			return fmt.Errorf("making %s read-only: %w", target, err)
+		}
+	}
 	return nil
+}
+
+// submountsBelow lists the mounts below dir, relative to it, parents first.
+func submountsBelow(dir string) ([]string, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, err
+	}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("listing mounts: %w", err)
+	}
+	return submountsIn(string(mountinfo), real), nil
+}
+
+// submountsIn lists the mount points of a mountinfo table strictly below
+// dir, relative to it, each once, parents first.
+func submountsIn(mountinfo, dir string) []string {
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	seen := map[string]bool{}
+	var rels []string
+	for _, line := range strings.Split(mountinfo, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		point := unescapeMountPath(fields[4])
+		if !strings.HasPrefix(point, prefix) || seen[point] {
+			continue
+		}
+		seen[point] = true
+		rels = append(rels, strings.TrimPrefix(point, prefix))
+	}
+	sort.Strings(rels) // a parent is a prefix of its children: it sorts first
+	return rels
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(p string) string {
+	if !strings.Contains(p, "\\") {
+		return p
+	}
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '\\' && i+3 < len(p) {
+			if n, err := strconv.ParseUint(p[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
 }
 
 // shareRootSize bounds the tmpfs under the share: it holds only the mount

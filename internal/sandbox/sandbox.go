@@ -455,7 +455,7 @@ func (s *Sandbox) Create(id string, bundle *oci.Bundle, stdio Stdio, join map[sp
 			unshareContainer(sharedDir, id)
 		}
 	}()
-	specJSON, err := oci.GuestSpec(bundle.Spec, shared.guestRoot, shared.guestSources, guestNamespaces)
+	specJSON, err := oci.GuestSpec(bundle.Spec, shared.guest, guestNamespaces)
 	if err != nil {
 		return 0, err
 	}

@@ -155,3 +155,22 @@ func TestVMSizeFollowsResources(t *testing.T) {
 		}
 	}
 }
+
+func TestSubmountsIn(t *testing.T) {
+	mountinfo := `22 1 0:21 / / rw - ext4 /dev/vda1 rw
+30 22 0:30 / /srv/data rw - ext4 /dev/vdb rw
+31 30 0:31 / /srv/data/cache rw - tmpfs tmpfs rw
+32 31 0:32 / /srv/data/cache/deep ro - tmpfs tmpfs rw
+33 30 0:33 / /srv/data/with\040space rw - tmpfs tmpfs rw
+34 30 0:34 / /srv/data/cache rw - tmpfs tmpfs rw
+35 22 0:35 / /srv/database rw - tmpfs tmpfs rw
+`
+	got := submountsIn(mountinfo, "/srv/data")
+	want := []string{"cache", "cache/deep", "with space"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("submounts of /srv/data: %q, want %q", got, want)
+	}
+	if got := submountsIn(mountinfo, "/srv/database"); len(got) != 0 {
+		t.Errorf("submounts of /srv/database: %q, want none", got)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/husk-runtime/husk/internal/initrd"
 )
@@ -368,5 +369,38 @@ func TestVMSizedForLimits(t *testing.T) {
 	}
 	if memMax != fmt.Sprint(limit) {
 		t.Errorf("memory.max %q in the container, want %d", memMax, limit)
+	}
+}
+
+// TestReadOnlyBindIsNotRecursive: as under runc, "ro" on a recursive bind
+// mount makes its top mount read-only and leaves the host's mounts below it
+// as they are; "rro" makes them all read-only.
+func TestReadOnlyBindIsNotRecursive(t *testing.T) {
+	e := newEnv(t)
+	volume := t.TempDir()
+	sub := filepath.Join(volume, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("husk-e2e-sub", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+	for _, tc := range []struct {
+		option, want string
+	}{{"ro", "top-refused sub-written\n"}, {"rro", "top-refused sub-refused\n"}} {
+		b := e.bundle(func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: volume, Options: []string{"rbind", tc.option}})
+		}, "sh", "-c", `(echo x > /data/top) 2>/dev/null && echo -n top-written || echo -n top-refused
+echo -n ' '
+(echo x > /data/sub/`+tc.option+`) 2>/dev/null && echo sub-written || echo sub-refused`)
+		r := e.run("", "run", "--bundle", b, e.id())
+		if r.status != 0 || r.stdout != tc.want {
+			t.Errorf("rbind,%s: status %d, stdout %q, want %q; stderr %q", tc.option, r.status, r.stdout, tc.want, r.stderr)
+		}
+		_, err := os.Stat(filepath.Join(sub, tc.option))
+		if written := err == nil; written != strings.Contains(tc.want, "sub-written") {
+			t.Errorf("rbind,%s: the file in the host's submount exists: %v", tc.option, written)
+		}
 	}
 }
