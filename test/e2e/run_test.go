@@ -372,6 +372,24 @@ func TestVMSizedForLimits(t *testing.T) {
 	}
 }
 
+// TestVMSizedForCpuset: the CPUs a cpuset names are there in the guest (up
+// to the host's), so the container gets them, as under runc.
+func TestVMSizedForCpuset(t *testing.T) {
+	e := newEnv(t)
+	want := min(2, runtime.NumCPU())
+	cpus := "0"
+	if want == 2 {
+		cpus = "0-1"
+	}
+	b := e.bundle(func(s *specs.Spec) {
+		s.Linux.Resources = &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: cpus}}
+	}, "sh", "-c", "nproc; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpuset.cpus.effective")
+	r := e.run("", "run", "--bundle", b, e.id())
+	if r.status != 0 || r.stdout != fmt.Sprintf("%d\n%s\n", want, cpus) {
+		t.Fatalf("cpuset %s: status %d, stdout %q, want %d CPUs, effective %s; stderr %q", cpus, r.status, r.stdout, want, cpus, r.stderr)
+	}
+}
+
 // TestReadOnlyBindIsNotRecursive: as under runc, "ro" on a recursive bind
 // mount makes its top mount read-only and leaves the host's mounts below it
 // as they are; "rro" makes them all read-only.
