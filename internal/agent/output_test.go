@@ -82,17 +82,26 @@ func TestCopyOutputHoldsBackBriefly(t *testing.T) {
 	}
 }
 
-// A process's exit waits for its output only so long: a pipe that a
-// process left behind still holds is cut, and the host's stream ends.
-func TestDrainCutsOutputHeldOpen(t *testing.T) {
+// drainedOutput is an output pipe copied to an unbuffered stream (the copy
+// waits for every read of host); the test holds the write end w, as the
+// process would, and closes it itself.
+func drainedOutput(t *testing.T) (host net.Conn, pp *pipes, w *os.File) {
+	t.Helper()
 	host, agentSide := net.Pipe()
-	defer host.Close()
-	var pp pipes
+	t.Cleanup(func() { host.Close() })
+	pp = &pipes{}
 	w, err := pp.output(agentSide)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pp.childFiles = nil
+	return host, pp, w
+}
+
+// A process's exit waits for its output only so long: a pipe that a
+// process left behind still holds is cut, and the host's stream ends.
+func TestDrainCutsOutputHeldOpen(t *testing.T) {
+	host, pp, w := drainedOutput(t)
 	defer w.Close() // held open, as by a process left behind
 	hostRead := make(chan []byte, 1)
 	go func() {
@@ -122,14 +131,7 @@ func TestDrainCutsOutputHeldOpen(t *testing.T) {
 
 // Output whose writers are gone drains fully, without waiting for the bound.
 func TestDrainReturnsOnceOutputEnds(t *testing.T) {
-	host, agentSide := net.Pipe()
-	defer host.Close()
-	var pp pipes
-	w, err := pp.output(agentSide)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pp.childFiles = nil // the test holds the write end and closes it itself
+	host, pp, w := drainedOutput(t)
 	go func() { _, _ = io.Copy(io.Discard, host) }()
 	_, _ = w.Write([]byte("all of it"))
 	w.Close()
@@ -143,14 +145,7 @@ func TestDrainReturnsOnceOutputEnds(t *testing.T) {
 // Output the host is slow to take is never cut, even past the bound and
 // with the pipe still held open: it all arrives, then the stream ends.
 func TestDrainKeepsOutputTheHostIsSlowToTake(t *testing.T) {
-	host, agentSide := net.Pipe() // unbuffered: the copy waits for every read
-	defer host.Close()
-	var pp pipes
-	w, err := pp.output(agentSide)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pp.childFiles = nil
+	host, pp, w := drainedOutput(t)
 	defer w.Close() // held open, as by a process left behind
 	out := bytes.Repeat([]byte("x"), 60<<10)
 	if _, err := w.Write(out); err != nil {
